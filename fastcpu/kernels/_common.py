@@ -1,0 +1,62 @@
+"""Shared bits for kernel modules: Numba flags, the counter-based RNG, argument checks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# fastmath without nnan/ninf: those break -inf masking and NaN checks (DESIGN.md).
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
+PJIT = dict(JIT, parallel=True)
+
+# Counter-based RNG (splitmix64 finaliser of seed ⊕ counter): the random number of element i
+# depends on (seed, i) only, so a mask is the same for any thread count or backend.
+GOLDEN = 0x9E3779B97F4A7C15
+M1 = 0xBF58476D1CE4E5B9
+M2 = 0x94D049BB133111EB
+U64 = (1 << 64) - 1
+
+
+def seed_key(seed: int) -> int:
+    """Mix a user seed into a 64-bit key once (Python side)."""
+    z = (int(seed) * GOLDEN + 0x632BE59BD9B4E019) & U64
+    z = ((z ^ (z >> 30)) * M1) & U64
+    z = ((z ^ (z >> 27)) * M2) & U64
+    return z ^ (z >> 31)
+
+
+def drop_threshold(p: float) -> int:
+    """Element i is kept iff its 24-bit random number r24 >= threshold; P(keep) = 1 - p."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return int(math.ceil(p * (1 << 24)))
+
+
+def rand24_reference(key: int, n: int, offset: int = 0) -> np.ndarray:
+    """NumPy reference of the RNG: 24-bit random integers for counters offset..offset+n-1."""
+    i = np.arange(offset, offset + n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = (i + np.uint64(1)) * np.uint64(GOLDEN) + np.uint64(key)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(M1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(M2)
+        z = z ^ (z >> np.uint64(31))
+    return z >> np.uint64(40)
+
+
+def keep_mask_reference(key: int, threshold: int, shape) -> np.ndarray:
+    n = int(np.prod(shape))
+    return (rand24_reference(key, n) >= np.uint64(threshold)).reshape(shape)
+
+
+def as_rows(x: np.ndarray) -> np.ndarray:
+    """(…, C) -> (N, C) view (C-contiguous required)."""
+    if not x.flags.c_contiguous:
+        raise ValueError("kernel inputs must be C-contiguous")
+    return x.reshape(-1, x.shape[-1])
+
+
+def check_out(buf, shape, dtype, what):
+    if buf.shape != tuple(shape) or buf.dtype != dtype or not buf.flags.c_contiguous:
+        raise ValueError(f"{what}: expected C-contiguous {dtype} buffer of shape {tuple(shape)}, "
+                         f"got {buf.dtype} {buf.shape}")

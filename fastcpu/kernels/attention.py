@@ -1,0 +1,274 @@
+"""Multi-head self-attention core with key padding, flash-style (blocked, online softmax).
+
+Shapes: q, k, v, out (B, T, H, D) — the (B, T, H*D) projections viewed per head; lengths (B,) int
+(keys s >= lengths[b] are padding); lse (B, H, T) float32, the log-sum-exp of each score row.
+
+    forward:  s[t, s'] = scale * q[t] . k[s']   for s' < L (padding keys get -inf)
+              lse[t]   = log sum_s' exp(s[t, s'])
+              out[t]   = sum_s' exp(s[t, s'] - lse[t]) v[s']
+    backward: p = exp(s - lse); Di = dout[t] . out[t]
+              dv[s'] += sum_t p[t, s'] dout[t]
+              ds = p * (dout[t] . v[s'] - Di)
+              dq[t] += scale * sum_s' ds[t, s'] k[s'];  dk[s'] += scale * sum_t ds[t, s'] q[t]
+
+Every query row (padding rows too, as the reference model does) attends to the valid keys; a
+sequence of length 0 has no valid key: its output is 0, its lse -inf and its gradients 0 (PyTorch
+would give NaN there). Only the O(T) lse is kept for backward, never the T x T matrix: the fast
+backends walk (BQ x BK) tiles with an online softmax and recompute the tiles in backward. They run
+one (batch, head) pair per thread, with BLAS single-threaded inside (runtime.blas_single), and
+skip padding keys entirely. Backward accumulates (+=) into dq, dk, dv.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numba as nb
+import numpy as np
+
+from fastcpu.kernels._common import PJIT
+
+# auto = "cython": `python -m pytest benchmarks/test_kernels.py -k attention --benchmark-only`
+# (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks".
+AUTO = "cython"
+BQ = 64     # query rows per tile
+BK = 128    # keys per tile
+
+
+def _check(q, k, v, lengths):
+    if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"attention: q, k, v must share a (B, T, H, D) shape; got {q.shape}, "
+                         f"{k.shape}, {v.shape}")
+    B, T = q.shape[:2]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.shape != (B,) or (lengths < 0).any() or (lengths > T).any():
+        raise ValueError(f"attention: lengths must be {B} ints in [0, {T}], got {lengths}")
+    return lengths
+
+
+def _scale(q, scale):
+    return 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+
+
+# ----------------------------------------------------------------------------- reference (NumPy)
+
+def _scores_reference(q, k, lengths, scale):
+    T = q.shape[1]
+    s = np.einsum("bthd,bshd->bhts", q, k) * q.dtype.type(scale)
+    pad = np.arange(T)[None, :] >= lengths[:, None]                     # (B, S) True = padding
+    return np.where(pad[:, None, None, :], -np.inf, s).astype(q.dtype)
+
+
+def forward_reference(q, k, v, lengths, scale=None):
+    lengths = _check(q, k, v, lengths)
+    scale = _scale(q, scale)
+    s = _scores_reference(q, k, lengths, scale)
+    m = s.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    e = np.exp(s - m)
+    l_ = e.sum(-1, keepdims=True)
+    p = e / np.where(l_ > 0, l_, 1)
+    out = np.einsum("bhts,bshd->bthd", p, v).astype(q.dtype)
+    with np.errstate(divide="ignore"):
+        lse = np.where(l_[..., 0] > 0, m[..., 0] + np.log(l_[..., 0]), -np.inf).astype(q.dtype)
+    return out, lse
+
+
+def backward_reference(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+    lengths = _check(q, k, v, lengths)
+    scale = _scale(q, scale)
+    s = _scores_reference(q, k, lengths, scale)
+    finite = np.isfinite(lse)[..., None]
+    p = np.where(finite, np.exp(s - np.where(finite, lse[..., None], 0)), 0)
+    dv += np.einsum("bhts,bthd->bshd", p, dout)
+    dp = np.einsum("bthd,bshd->bhts", dout, v)
+    di = np.einsum("bthd,bthd->bht", dout, out)[..., None]
+    ds = p * (dp - di)
+    dq += np.einsum("bhts,bshd->bthd", ds, k) * scale
+    dk += np.einsum("bhts,bthd->bshd", ds, q) * scale
+
+
+# ----------------------------------------------------------------------------- Numba
+
+@nb.njit(**PJIT)
+def _fwd_nb(q, k, v, lengths, scale, out, lse):
+    B, T, H, D = q.shape
+    nqb = (T + BQ - 1) // BQ
+    for bh in nb.prange(B * H):
+        b = bh // H
+        h = bh - b * H
+        L = lengths[b]
+        if L == 0:
+            for t in range(T):
+                lse[b, h, t] = -np.inf
+                for d in range(D):
+                    out[b, t, h, d] = 0
+            continue
+        nkb = (L + BK - 1) // BK
+        # gather this head into tiles: Qt (nqb, BQ, D), Kt/Vt (nkb, BK, D); tails zero
+        Qt = np.zeros((nqb, BQ, D), np.float32)
+        Kt = np.zeros((nkb, BK, D), np.float32)
+        Vt = np.zeros((nkb, BK, D), np.float32)
+        for t in range(T):
+            for d in range(D):
+                Qt[t // BQ, t % BQ, d] = q[b, t, h, d]
+        for t in range(L):
+            for d in range(D):
+                Kt[t // BK, t % BK, d] = k[b, t, h, d]
+                Vt[t // BK, t % BK, d] = v[b, t, h, d]
+        mrow = np.empty(BQ, np.float32)
+        lrow = np.empty(BQ, np.float32)
+        for i in range(nqb):
+            acc = np.zeros((BQ, D), np.float32)
+            mrow[:] = -np.inf
+            lrow[:] = 0
+            for j in range(nkb):
+                nk = min(BK, L - j * BK)
+                S = np.dot(Qt[i], Kt[j].T)                     # (BQ, BK) raw scores
+                for r in range(BQ):
+                    mx = mrow[r]
+                    for c in range(nk):
+                        sc = S[r, c] * scale
+                        S[r, c] = sc
+                        if sc > mx:
+                            mx = sc
+                    corr = np.exp(mrow[r] - mx)
+                    sm = np.float32(0.0)
+                    for c in range(nk):
+                        pv = np.exp(S[r, c] - mx)
+                        S[r, c] = pv
+                        sm += pv
+                    for c in range(nk, BK):
+                        S[r, c] = 0
+                    lrow[r] = lrow[r] * corr + sm
+                    mrow[r] = mx
+                    for d in range(D):
+                        acc[r, d] *= corr
+                acc += np.dot(S, Vt[j])
+            for r in range(min(BQ, T - i * BQ)):
+                t = i * BQ + r
+                inv = np.float32(1.0) / lrow[r]
+                for d in range(D):
+                    out[b, t, h, d] = acc[r, d] * inv
+                lse[b, h, t] = mrow[r] + np.log(lrow[r])
+
+
+@nb.njit(**PJIT)
+def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+    B, T, H, D = q.shape
+    nqb = (T + BQ - 1) // BQ
+    for bh in nb.prange(B * H):
+        b = bh // H
+        h = bh - b * H
+        L = lengths[b]
+        if L == 0:
+            continue
+        nkb = (L + BK - 1) // BK
+        Qt = np.zeros((nqb, BQ, D), np.float32)
+        dOt = np.zeros((nqb, BQ, D), np.float32)
+        Kt = np.zeros((nkb, BK, D), np.float32)
+        Vt = np.zeros((nkb, BK, D), np.float32)
+        dKt = np.zeros((nkb, BK, D), np.float32)
+        dVt = np.zeros((nkb, BK, D), np.float32)
+        Di = np.zeros((nqb, BQ), np.float32)
+        Lq = np.zeros((nqb, BQ), np.float32)
+        for t in range(T):
+            s = np.float32(0.0)
+            for d in range(D):
+                Qt[t // BQ, t % BQ, d] = q[b, t, h, d]
+                dOt[t // BQ, t % BQ, d] = dout[b, t, h, d]
+                s += dout[b, t, h, d] * out[b, t, h, d]
+            Di[t // BQ, t % BQ] = s
+            Lq[t // BQ, t % BQ] = lse[b, h, t]
+        for t in range(L):
+            for d in range(D):
+                Kt[t // BK, t % BK, d] = k[b, t, h, d]
+                Vt[t // BK, t % BK, d] = v[b, t, h, d]
+        for i in range(nqb):
+            nq = min(BQ, T - i * BQ)
+            dQi = np.zeros((BQ, D), np.float32)
+            for j in range(nkb):
+                nk = min(BK, L - j * BK)
+                P = np.dot(Qt[i], Kt[j].T)                     # scores -> probabilities
+                dP = np.dot(dOt[i], Vt[j].T)                   # -> dS
+                for r in range(BQ):
+                    if r < nq:
+                        for c in range(BK):
+                            if c < nk:
+                                pv = np.exp(P[r, c] * scale - Lq[i, r])
+                                P[r, c] = pv
+                                dP[r, c] = pv * (dP[r, c] - Di[i, r]) * scale
+                            else:
+                                P[r, c] = 0
+                                dP[r, c] = 0
+                    else:
+                        for c in range(BK):
+                            P[r, c] = 0
+                            dP[r, c] = 0
+                dVt[j] += np.dot(P.T, dOt[i])
+                dQi += np.dot(dP, Kt[j])
+                dKt[j] += np.dot(dP.T, Qt[i])
+            for r in range(nq):
+                t = i * BQ + r
+                for d in range(D):
+                    dq[b, t, h, d] += dQi[r, d]
+        for t in range(L):
+            for d in range(D):
+                dk[b, t, h, d] += dKt[t // BK, t % BK, d]
+                dv[b, t, h, d] += dVt[t // BK, t % BK, d]
+
+
+def forward_numba(q, k, v, lengths, scale=None):
+    from fastcpu import runtime
+    lengths = _check(q, k, v, lengths)
+    B, T, H, D = q.shape
+    out = np.empty_like(q)
+    lse = np.empty((B, H, T), np.float32)
+    if out.size:
+        with runtime.blas_single():
+            _fwd_nb(q, k, v, lengths, np.float32(_scale(q, scale)), out, lse)
+    return out, lse
+
+
+def backward_numba(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+    from fastcpu import runtime
+    lengths = _check(q, k, v, lengths)
+    if q.size:
+        with runtime.blas_single():
+            _bwd_nb(np.ascontiguousarray(dout), q, k, v, out, lse, lengths,
+                    np.float32(_scale(q, scale)), dq, dk, dv)
+
+
+# ----------------------------------------------------------------------------- Cython binding
+
+def _cython():
+    from fastcpu import runtime
+    from fastcpu.kernels import _cybuild
+    cy = _cybuild.module("attention")
+
+    def forward(q, k, v, lengths, scale=None):
+        lengths = _check(q, k, v, lengths)
+        B, T, H, D = q.shape
+        out = np.empty_like(q)
+        lse = np.empty((B, H, T), np.float32)
+        if out.size:
+            with runtime.blas_single():
+                cy.forward(q, k, v, lengths, _scale(q, scale), out, lse, BQ, BK,
+                           runtime.num_threads())
+        return out, lse
+
+    def backward(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+        lengths = _check(q, k, v, lengths)
+        if q.size:
+            with runtime.blas_single():
+                cy.backward(np.ascontiguousarray(dout), q, k, v, out, lse, lengths,
+                            _scale(q, scale), dq, dk, dv, BQ, BK, runtime.num_threads())
+
+    return SimpleNamespace(forward=forward, backward=backward)
+
+
+BACKENDS = {
+    "reference": lambda: SimpleNamespace(forward=forward_reference, backward=backward_reference),
+    "numba": lambda: SimpleNamespace(forward=forward_numba, backward=backward_numba),
+    "cython": _cython,
+}

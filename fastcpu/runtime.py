@@ -1,0 +1,144 @@
+"""The single owner of threads: BLAS (threadpoolctl), Numba, and the OpenMP count for Cython.
+
+Nothing here runs at import time. ``threads(n)`` is entered once per run::
+
+    with runtime.threads(2):
+        train()
+
+Inside it, BLAS, Numba and the Cython kernels all use ``n`` threads. A kernel that calls BLAS
+from inside its own parallel region wraps that region in ``blas_single()`` so the two pools never
+multiply (n kernel threads x n BLAS threads).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+__all__ = ["threads", "num_threads", "blas_single", "info", "cython_available"]
+
+_state = threading.local()
+_lock = threading.Lock()
+_controller = None          # threadpoolctl.ThreadpoolController, created on first use
+
+
+def _blas_controllers():
+    global _controller
+    with _lock:
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+            import numpy  # noqa: F401  (make sure numpy's BLAS is loaded before we look)
+            import scipy.linalg  # noqa: F401
+            _controller = ThreadpoolController()
+    return [c for c in _controller.lib_controllers if c.user_api == "blas"]
+
+
+def _get_blas_threads() -> int:
+    ctrls = _blas_controllers()
+    return min((c.num_threads for c in ctrls), default=1)
+
+
+def _set_blas_threads(n: int) -> None:
+    for c in _blas_controllers():
+        c.set_num_threads(n)
+
+
+def num_threads() -> int:
+    """Threads the kernels should use now (the OpenMP count passed to Cython kernels)."""
+    n = getattr(_state, "n", None)
+    if n is None:
+        import numba
+        n = numba.get_num_threads()
+    return n
+
+
+@contextlib.contextmanager
+def threads(n: int | None = None):
+    """Use ``n`` threads for BLAS, Numba and Cython kernels; restore the previous counts on exit.
+
+    ``n=None`` means every core Numba was started with (``NUMBA_NUM_THREADS``, default all).
+    """
+    import numba
+    limit = numba.config.NUMBA_NUM_THREADS
+    if n is None:
+        n = limit
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads: need a positive int, got {n!r}")
+    if n > limit:
+        raise ValueError(f"threads: {n} threads asked but Numba was started with {limit} "
+                         f"(set NUMBA_NUM_THREADS={n} before starting Python)")
+    prev_numba = numba.get_num_threads()
+    prev_blas = _get_blas_threads()
+    prev_n = getattr(_state, "n", None)
+    try:
+        numba.set_num_threads(n)
+        _set_blas_threads(n)
+        _state.n = n
+        yield n
+    finally:
+        numba.set_num_threads(prev_numba)
+        _set_blas_threads(prev_blas)
+        _state.n = prev_n
+
+
+@contextlib.contextmanager
+def blas_single():
+    """BLAS single-threaded for the duration (for kernels that call BLAS inside ``prange``)."""
+    prev = _get_blas_threads()
+    if prev == 1:
+        yield
+        return
+    _set_blas_threads(1)
+    try:
+        yield
+    finally:
+        _set_blas_threads(prev)
+
+
+def cython_available() -> dict:
+    """Which Cython kernel modules are built and current: {name: "ok" | reason}."""
+    from fastcpu.kernels import _cybuild
+    return _cybuild.status()
+
+
+def info() -> dict:
+    """What this process runs on: BLAS library and kernel, Numba layer and threads, Cython build."""
+    import numba
+    import numpy as np
+    _blas_controllers()
+    blas = []
+    for c in _controller.lib_controllers:
+        d = c.info()
+        blas.append({k: d.get(k) for k in ("user_api", "internal_api", "version",
+                                           "architecture", "num_threads", "filepath")})
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "not started (no parallel kernel has run yet)"
+    return {
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threading_layer": layer,
+        "numba_threads": numba.get_num_threads(),
+        "numba_cpu_name": numba.config.CPU_NAME or "host",
+        "kernel_threads": num_threads(),
+        "threadpools": blas,
+        "cython": cython_available(),
+        "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                         if os.environ.get(k)},
+    }
+
+
+def format_info(d: dict | None = None) -> str:
+    d = d or info()
+    lines = [f"numpy {d['numpy']}  numba {d['numba']} (layer {d['numba_threading_layer']}, "
+             f"{d['numba_threads']} threads, cpu {d['numba_cpu_name']})  kernel threads "
+             f"{d['kernel_threads']}"]
+    for p in d["threadpools"]:
+        lines.append(f"{p['user_api']}: {p['internal_api']} {p['version']} "
+                     f"kernel={p['architecture']} threads={p['num_threads']}")
+    bad = {k: v for k, v in d["cython"].items() if v != "ok"}
+    lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}"))
+    if d["openblas_env"]:
+        lines.append(f"note: {d['openblas_env']} set (slows OpenBLAS GEMM ~45%)")
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+# cython: language_level=3
+# Flash-style attention core (blocked, online softmax, lse saved), OpenMP over (batch, head),
+# SGEMM on (BQ x BK) tiles with BLAS single-threaded (the caller holds runtime.blas_single()).
+# Maths and layout: fastcpu/kernels/attention.py header. q, k, v, out (B, T, H, D); lse (B, H, T)
+from cython.parallel cimport prange
+from libc.math cimport expf, logf, INFINITY
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memset
+from blas cimport gemm_rm
+
+cdef extern from *:
+    const char* FASTCPU_SRC_HASH
+SRC_HASH = FASTCPU_SRC_HASH.decode()
+
+
+cdef int _fwd_head(const float* q, const float* k, const float* v, int T, int H, int D, int L,
+                   int h, float scale, float* out, float* lse, int BQ, int BK) noexcept nogil:
+    # one (batch, head): q/k/v/out point at [b, 0, 0, 0], lse at [b, h, 0]; row stride H*D
+    cdef int HD = H * D, nq, nk, i0, j0, r, c, d, t
+    cdef float mx, corr, sm, pv, inv
+    cdef float* Q = <float*>malloc(<size_t>BQ * D * sizeof(float))
+    cdef float* K = <float*>malloc(<size_t>L * D * sizeof(float))
+    cdef float* V = <float*>malloc(<size_t>L * D * sizeof(float))
+    cdef float* S = <float*>malloc(<size_t>BQ * BK * sizeof(float))
+    cdef float* acc = <float*>malloc(<size_t>BQ * D * sizeof(float))
+    cdef float* m = <float*>malloc(BQ * sizeof(float))
+    cdef float* l = <float*>malloc(BQ * sizeof(float))
+    if Q == NULL or K == NULL or V == NULL or S == NULL or acc == NULL or m == NULL or l == NULL:
+        free(Q); free(K); free(V); free(S); free(acc); free(m); free(l)
+        return -1
+    for t in range(L):
+        for d in range(D):
+            K[t * D + d] = k[t * HD + h * D + d]
+            V[t * D + d] = v[t * HD + h * D + d]
+    i0 = 0
+    while i0 < T:
+        nq = BQ if T - i0 > BQ else T - i0
+        for r in range(nq):
+            for d in range(D):
+                Q[r * D + d] = q[(i0 + r) * HD + h * D + d]
+            m[r] = -INFINITY
+            l[r] = 0
+        memset(acc, 0, <size_t>nq * D * sizeof(float))
+        j0 = 0
+        while j0 < L:
+            nk = BK if L - j0 > BK else L - j0
+            gemm_rm(b'N', b'T', nq, nk, D, scale, Q, D, &K[j0 * D], D, 0.0, S, BK)
+            for r in range(nq):
+                mx = m[r]
+                for c in range(nk):
+                    if S[r * BK + c] > mx:
+                        mx = S[r * BK + c]
+                corr = expf(m[r] - mx)
+                sm = 0
+                for c in range(nk):
+                    pv = expf(S[r * BK + c] - mx)
+                    S[r * BK + c] = pv
+                    sm = sm + pv
+                l[r] = l[r] * corr + sm
+                m[r] = mx
+                for d in range(D):
+                    acc[r * D + d] *= corr
+            gemm_rm(b'N', b'N', nq, D, nk, 1.0, S, BK, &V[j0 * D], D, 1.0, acc, D)
+            j0 = j0 + BK
+        for r in range(nq):
+            inv = 1.0 / l[r]
+            for d in range(D):
+                out[(i0 + r) * HD + h * D + d] = acc[r * D + d] * inv
+            lse[i0 + r] = m[r] + logf(l[r])
+        i0 = i0 + BQ
+    free(Q); free(K); free(V); free(S); free(acc); free(m); free(l)
+    return 0
+
+
+def forward(const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
+            const float[:, :, :, ::1] v, const long[::1] lengths, float scale,
+            float[:, :, :, ::1] out, float[:, :, ::1] lse, int BQ, int BK, int nthreads):
+    cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
+    cdef Py_ssize_t bh, t, d
+    cdef int b, h, L, err = 0
+    for bh in prange(B * H, nogil=True, num_threads=nthreads, schedule="dynamic"):
+        b = bh // H
+        h = bh - b * H
+        L = lengths[b]
+        if L == 0:
+            for t in range(T):
+                lse[b, h, t] = -INFINITY
+                for d in range(D):
+                    out[b, t, h, d] = 0
+        elif _fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], T, H, D, L, h, scale,
+                       &out[b, 0, 0, 0], &lse[b, h, 0], BQ, BK) != 0:
+            err = 1
+    if err:
+        raise MemoryError()
+
+
+cdef int _bwd_head(const float* dout, const float* q, const float* k, const float* v,
+                   const float* out, const float* lse, int T, int H, int D, int L, int h,
+                   float scale, float* dq, float* dk, float* dv, int BQ, int BK) noexcept nogil:
+    cdef int HD = H * D, nq, nk, i0, j0, r, c, d, t
+    cdef float di, s
+    cdef float* Q = <float*>malloc(<size_t>BQ * D * sizeof(float))
+    cdef float* dO = <float*>malloc(<size_t>BQ * D * sizeof(float))
+    cdef float* dQ = <float*>malloc(<size_t>BQ * D * sizeof(float))
+    cdef float* Di = <float*>malloc(BQ * sizeof(float))
+    cdef float* K = <float*>malloc(<size_t>L * D * sizeof(float))
+    cdef float* V = <float*>malloc(<size_t>L * D * sizeof(float))
+    cdef float* dK = <float*>calloc(<size_t>L * D, sizeof(float))
+    cdef float* dV = <float*>calloc(<size_t>L * D, sizeof(float))
+    cdef float* P = <float*>malloc(<size_t>BQ * BK * sizeof(float))
+    cdef float* dP = <float*>malloc(<size_t>BQ * BK * sizeof(float))
+    if (Q == NULL or dO == NULL or dQ == NULL or Di == NULL or K == NULL or V == NULL
+            or dK == NULL or dV == NULL or P == NULL or dP == NULL):
+        free(Q); free(dO); free(dQ); free(Di); free(K); free(V); free(dK); free(dV)
+        free(P); free(dP)
+        return -1
+    for t in range(L):
+        for d in range(D):
+            K[t * D + d] = k[t * HD + h * D + d]
+            V[t * D + d] = v[t * HD + h * D + d]
+    i0 = 0
+    while i0 < T:
+        nq = BQ if T - i0 > BQ else T - i0
+        for r in range(nq):
+            s = 0
+            for d in range(D):
+                Q[r * D + d] = q[(i0 + r) * HD + h * D + d]
+                dO[r * D + d] = dout[(i0 + r) * HD + h * D + d]
+                s = s + dout[(i0 + r) * HD + h * D + d] * out[(i0 + r) * HD + h * D + d]
+            Di[r] = s
+        memset(dQ, 0, <size_t>nq * D * sizeof(float))
+        j0 = 0
+        while j0 < L:
+            nk = BK if L - j0 > BK else L - j0
+            gemm_rm(b'N', b'T', nq, nk, D, scale, Q, D, &K[j0 * D], D, 0.0, P, BK)
+            gemm_rm(b'N', b'T', nq, nk, D, 1.0, dO, D, &V[j0 * D], D, 0.0, dP, BK)
+            for r in range(nq):
+                for c in range(nk):
+                    P[r * BK + c] = expf(P[r * BK + c] - lse[i0 + r])
+                    dP[r * BK + c] = P[r * BK + c] * (dP[r * BK + c] - Di[r]) * scale
+            # dV += P^T dO ; dQ += dS K ; dK += dS^T Q   (dS already carries the scale)
+            gemm_rm(b'T', b'N', nk, D, nq, 1.0, P, BK, dO, D, 1.0, &dV[j0 * D], D)
+            gemm_rm(b'N', b'N', nq, D, nk, 1.0, dP, BK, &K[j0 * D], D, 1.0, dQ, D)
+            gemm_rm(b'T', b'N', nk, D, nq, 1.0, dP, BK, Q, D, 1.0, &dK[j0 * D], D)
+            j0 = j0 + BK
+        for r in range(nq):
+            for d in range(D):
+                dq[(i0 + r) * HD + h * D + d] += dQ[r * D + d]
+        i0 = i0 + BQ
+    for t in range(L):
+        for d in range(D):
+            dk[t * HD + h * D + d] += dK[t * D + d]
+            dv[t * HD + h * D + d] += dV[t * D + d]
+    free(Q); free(dO); free(dQ); free(Di); free(K); free(V); free(dK); free(dV)
+    free(P); free(dP)
+    return 0
+
+
+def backward(const float[:, :, :, ::1] dout, const float[:, :, :, ::1] q,
+             const float[:, :, :, ::1] k, const float[:, :, :, ::1] v,
+             const float[:, :, :, ::1] out, const float[:, :, ::1] lse, const long[::1] lengths,
+             float scale, float[:, :, :, ::1] dq, float[:, :, :, ::1] dk, float[:, :, :, ::1] dv,
+             int BQ, int BK, int nthreads):
+    cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
+    cdef Py_ssize_t bh
+    cdef int b, h, L, err = 0
+    for bh in prange(B * H, nogil=True, num_threads=nthreads, schedule="dynamic"):
+        b = bh // H
+        h = bh - b * H
+        L = lengths[b]
+        if L > 0:
+            if _bwd_head(&dout[b, 0, 0, 0], &q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0],
+                         &out[b, 0, 0, 0], &lse[b, h, 0], T, H, D, L, h, scale,
+                         &dq[b, 0, 0, 0], &dk[b, 0, 0, 0], &dv[b, 0, 0, 0], BQ, BK) != 0:
+                err = 1
+    if err:
+        raise MemoryError()

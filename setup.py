@@ -1,0 +1,34 @@
+"""Only the table that compiles kernels/*.pyx into fastcpu.kernels._cy_* (see DESIGN.md)."""
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent
+FLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+if os.environ.get("FASTCPU_PORTABLE") != "1":
+    FLAGS.append("-march=native")
+
+KERNELS = ["layernorm", "adam", "conv1d", "attention"]
+
+
+def ext(name):
+    src = HERE / "kernels" / f"{name}.pyx"
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    return Extension(
+        f"fastcpu.kernels._cy_{name}",
+        [f"kernels/{name}.pyx"],
+        include_dirs=[np.get_include(), "kernels"],
+        define_macros=[("FASTCPU_SRC_HASH", f'"{digest}"'),
+                       ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=FLAGS,
+        extra_link_args=["-fopenmp"],
+    )
+
+
+setup(ext_modules=cythonize([ext(k) for k in KERNELS], language_level=3,
+                            compiler_directives={"boundscheck": False, "wraparound": False,
+                                                 "cdivision": True, "initializedcheck": False}))
