@@ -22,9 +22,9 @@ import numpy as np
 
 from fastcpu.kernels._common import PJIT
 
-# auto = "cython": `python -m pytest benchmarks/test_kernels.py -k conv1d --benchmark-only`
+# auto = "numba": `python -m pytest benchmarks/test_kernels.py -k conv1d --benchmark-only`
 # (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks".
-AUTO = "cython"
+AUTO = "numba"
 
 
 def _geometry(x, w, padding):

@@ -1,0 +1,283 @@
+"""Autograd Functions over the kernels: each forward calls one kernel, each backward its pair.
+
+All take and return ``Tensor``s; the kernels come from ``fastcpu.kernels.get(name)`` (auto backend)
+unless a module passes ``backend=``. Shapes are channels-last: (B, T, C).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastcpu import kernels
+from fastcpu.autograd import Function, Tensor
+
+
+def _k(name, backend=None):
+    return kernels.get(name, backend or "auto")
+
+
+class _Linear(Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_b = b is not None
+        return _k("linear").forward(x, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx = ctx.grad_buffer(0) if ctx.needs_input_grad[0] else None
+        dw = ctx.grad_buffer(1)
+        db = ctx.grad_buffer(2) if ctx.has_b else None
+        _k("linear").backward(dy, x, w, dx, dw, db)
+        return dx, dw, db
+
+
+def linear(x, w, b=None):
+    return _Linear.apply(x, w, b)
+
+
+class _Conv1d(Function):
+    @staticmethod
+    def forward(ctx, x, w, b, padding, backend):
+        ctx.save_for_backward(x, w)
+        ctx.padding, ctx.backend, ctx.has_b = padding, backend, b is not None
+        return _k("conv1d", backend).forward(x, w, b, padding)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx = ctx.grad_buffer(0) if ctx.needs_input_grad[0] else None
+        dw = ctx.grad_buffer(1)
+        db = ctx.grad_buffer(2) if ctx.has_b else None
+        _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, dx, dw, db)
+        return dx, dw, db
+
+
+def conv1d(x, w, b=None, padding=None, backend=None):
+    return _Conv1d.apply(x, w, b, padding=padding, backend=backend)
+
+
+class _LayerNorm(Function):
+    @staticmethod
+    def forward(ctx, x, w, b, eps, backend):
+        out, mean, rstd = _k("layernorm", backend).forward(x, w, b, eps)
+        ctx.save_for_backward(x, w, mean, rstd)
+        ctx.backend = backend
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w, mean, rstd = ctx.saved_tensors
+        dx, dw, db = ctx.grad_buffer(0), ctx.grad_buffer(1), ctx.grad_buffer(2)
+        _k("layernorm", ctx.backend).backward(np.ascontiguousarray(dout), x, w, mean, rstd,
+                                              dx, dw, db)
+        return dx, dw, db
+
+
+def layer_norm(x, w, b, eps=1e-5, backend=None):
+    return _LayerNorm.apply(x, w, b, eps=eps, backend=backend)
+
+
+class _ResidualLayerNorm(Function):
+    @staticmethod
+    def forward(ctx, a, res, w, b, p, seed, eps, backend):
+        out, pre, mean, rstd = _k("layernorm", backend).residual_forward(a, res, w, b, p, seed,
+                                                                          eps)
+        ctx.save_for_backward(pre, w, mean, rstd)
+        ctx.p, ctx.seed, ctx.backend = p, seed, backend
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        pre, w, mean, rstd = ctx.saved_tensors
+        da, dres = ctx.grad_buffer(0), ctx.grad_buffer(1)
+        dw, db = ctx.grad_buffer(2), ctx.grad_buffer(3)
+        _k("layernorm", ctx.backend).residual_backward(np.ascontiguousarray(dout), pre, w, mean,
+                                                       rstd, ctx.p, ctx.seed, da, dres, dw, db)
+        return da, dres, dw, db
+
+
+def residual_layer_norm(a, res, w, b, p=0.0, seed=0, eps=1e-5, backend=None):
+    """LayerNorm(Dropout_p(a) + res) in one kernel pass (the post-norm block's tail)."""
+    return _ResidualLayerNorm.apply(a, res, w, b, p=p, seed=seed, eps=eps, backend=backend)
+
+
+class _Attention(Function):
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, scale, backend):
+        out, lse = _k("attention", backend).forward(q, k, v, lengths, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.lengths, ctx.scale, ctx.backend = lengths, scale, backend
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.grad_buffer(0), ctx.grad_buffer(1), ctx.grad_buffer(2)
+        _k("attention", ctx.backend).backward(dout, q, k, v, out, lse, ctx.lengths, ctx.scale,
+                                              dq, dk, dv)
+        return dq, dk, dv
+
+
+def attention(q, k, v, lengths, scale=None, backend=None):
+    """q, k, v (B, T, H, D) Tensors, key-padding ``lengths`` (B,) -> (B, T, H, D)."""
+    return _Attention.apply(q, k, v, lengths=lengths, scale=scale, backend=backend)
+
+
+class _Reshape(Function):
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.shape
+        return np.ascontiguousarray(x).reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.reshape(ctx.shape),)
+
+
+def reshape(x, shape):
+    return _Reshape.apply(x, shape=shape)
+
+
+class _Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, p, seed):
+        ctx.p, ctx.seed = p, seed
+        return _k("dropout").forward(x, p, seed)
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx = ctx.grad_buffer(0)
+        _k("dropout").backward(dy, ctx.p, ctx.seed, dx)
+        return (dx,)
+
+
+def dropout(x, p, seed):
+    return _Dropout.apply(x, p=p, seed=seed)
+
+
+class _Relu(Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = _k("activations").relu_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx = ctx.grad_buffer(0)
+        _k("activations").relu_backward(dy, ctx.saved_tensors[0], dx)
+        return (dx,)
+
+
+def relu(x):
+    return _Relu.apply(x)
+
+
+class _Tanh(Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = _k("activations").tanh_forward(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx = ctx.grad_buffer(0)
+        _k("activations").tanh_backward(dy, ctx.saved_tensors[0], dx)
+        return (dx,)
+
+
+def tanh(x):
+    return _Tanh.apply(x)
+
+
+class _Embedding(Function):
+    @staticmethod
+    def forward(ctx, w, ids, padding_idx):
+        ctx.ids, ctx.padding_idx = ids, padding_idx
+        return _k("embedding").forward(w, ids)
+
+    @staticmethod
+    def backward(ctx, dout):
+        dw = ctx.grad_buffer(0)
+        _k("embedding").backward(dout, ctx.ids, dw, ctx.padding_idx)
+        return (dw,)
+
+
+def embedding(ids, w, padding_idx=None):
+    return _Embedding.apply(w, ids=np.asarray(ids), padding_idx=padding_idx)
+
+
+class _BatchNorm(Function):
+    @staticmethod
+    def forward(ctx, x, w, b, rm, rv, training, momentum, eps):
+        out, mean, rstd = _k("batchnorm").forward(x, w, b, rm, rv, training, momentum, eps)
+        ctx.save_for_backward(x, w, mean, rstd)
+        ctx.training = training
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w, mean, rstd = ctx.saved_tensors
+        dx = ctx.grad_buffer(0) if ctx.needs_input_grad[0] else None
+        dw, db = ctx.grad_buffer(1), ctx.grad_buffer(2)
+        _k("batchnorm").backward(dout, x, w, mean, rstd, ctx.training, dx, dw, db)
+        return dx, dw, db
+
+
+def batch_norm(x, w, b, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    return _BatchNorm.apply(x, w, b, rm=running_mean, rv=running_var, training=training,
+                            momentum=momentum, eps=eps)
+
+
+class _LengthRegulator(Function):
+    @staticmethod
+    def forward(ctx, x, durations, max_len):
+        out, mel_len = _k("length_regulator").forward(x, durations, max_len)
+        ctx.durations = durations
+        ctx.mel_len = mel_len
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        dx = ctx.grad_buffer(0)
+        _k("length_regulator").backward(np.ascontiguousarray(dout), ctx.durations, dx)
+        return (dx,)
+
+
+def length_regulator(x, durations, max_len=None):
+    """Expand phonemes by durations; returns (Tensor (B, T, C), mel_len (B,) ndarray)."""
+    durations = np.asarray(durations)
+    out = _LengthRegulator.apply(x, durations=durations, max_len=max_len)
+    return out, np.minimum(np.maximum(durations, 0).sum(1), out.shape[1])
+
+
+class _MaskedLoss(Function):
+    @staticmethod
+    def forward(ctx, pred, target, lengths, kind):
+        ctx.save_for_backward(pred, target)
+        ctx.lengths, ctx.kind = lengths, kind
+        return np.asarray(getattr(_k("losses"), f"{kind}_forward")(pred, target, lengths),
+                          dtype=pred.dtype)
+
+    @staticmethod
+    def backward(ctx, dloss):
+        pred, target = ctx.saved_tensors
+        dp = ctx.grad_buffer(0)
+        getattr(_k("losses"), f"{ctx.kind}_backward")(float(dloss), pred, target, ctx.lengths, dp)
+        return (dp,)
+
+
+def masked_l1(pred, target, lengths):
+    """Mean |pred - target| over valid steps t < lengths[b] (target is a plain array)."""
+    return _MaskedLoss.apply(pred, target=target, lengths=lengths, kind="l1")
+
+
+def masked_mse(pred, target, lengths):
+    return _MaskedLoss.apply(pred, target=target, lengths=lengths, kind="mse")
+
+
+__all__ = ["linear", "conv1d", "layer_norm", "residual_layer_norm", "attention", "reshape",
+           "dropout", "relu", "tanh", "embedding", "batch_norm", "length_regulator", "masked_l1",
+           "masked_mse", "Tensor"]
