@@ -108,6 +108,17 @@ class Context:
         return np.zeros_like(t.data)
 
 
+    def leaf_grad(self, i):
+        """A leaf input's .grad to accumulate into, or None: the kernel then writes a fresh
+        array (one pass less than zero-filling and accumulating) which backward returns."""
+        t = self.inputs[i]
+        if isinstance(t, Tensor) and t.requires_grad and t._node is None:
+            if t.grad is None:
+                t.grad = np.zeros_like(t.data)
+            return t.grad
+        return None
+
+
 class Function:
     """Subclass with ``forward(ctx, *args, **kw)`` and ``backward(ctx, *grads)`` (NumPy arrays).
 

@@ -28,7 +28,8 @@ cdef void _im2col(const float* x, int B, int T, int Ci, int K, int pad, int To, 
 
 
 def forward(const float[:, :, ::1] x, const float[:, ::1] wt, const float[::1] b, int pad,
-            int To, float[:, :, ::1] y, int nthreads):
+            int To, float[:, :, ::1] y, float[:, ::1] work, int nthreads):
+    # work: (B*To, K*Ci) scratch for the im2col columns (unused when K == 1 and pad == 0)
     cdef int B = x.shape[0], T = x.shape[1], Ci = x.shape[2], Co = wt.shape[0]
     cdef int KC = wt.shape[1], K = KC // Ci, M = B * To
     cdef Py_ssize_t r, o
@@ -47,17 +48,14 @@ def forward(const float[:, :, ::1] x, const float[:, ::1] wt, const float[::1] b
         if direct:
             gemm_rm(b'N', b'T', M, Co, KC, 1.0, &x[0, 0, 0], KC, &wt[0, 0], KC, beta, yp, Co)
         else:
-            cols = <float*>malloc(<size_t>M * KC * sizeof(float))
-            if cols != NULL:
-                _im2col(&x[0, 0, 0], B, T, Ci, K, pad, To, cols, nthreads)
-                gemm_rm(b'N', b'T', M, Co, KC, 1.0, cols, KC, &wt[0, 0], KC, beta, yp, Co)
-                free(cols)
-    if not direct and cols == NULL:
-        raise MemoryError()
+            cols = &work[0, 0]
+            _im2col(&x[0, 0, 0], B, T, Ci, K, pad, To, cols, nthreads)
+            gemm_rm(b'N', b'T', M, Co, KC, 1.0, cols, KC, &wt[0, 0], KC, beta, yp, Co)
 
 
 def backward(const float[:, :, ::1] dy, const float[:, :, ::1] x, const float[:, ::1] wt,
-             int pad, float[:, :, ::1] dx, float[:, ::1] dwt, float[::1] db, int nthreads):
+             int pad, float[:, :, ::1] dx, float[:, ::1] dwt, float[::1] db, float[:, ::1] work,
+             int nthreads):
     # db += sum_rows dy; dwt += dy^T @ cols; dx += col2im(dy @ wt)
     cdef int B = x.shape[0], T = x.shape[1], Ci = x.shape[2], Co = wt.shape[0]
     cdef int KC = wt.shape[1], K = KC // Ci, To = dy.shape[1], M = B * To
@@ -94,10 +92,8 @@ def backward(const float[:, :, ::1] dy, const float[:, :, ::1] x, const float[:,
                     gemm_rm(b'N', b'N', M, KC, Co, 1.0, dyp, Co, &wt[0, 0], KC, 1.0,
                             &dx[0, 0, 0], KC)
             else:
-                cols = <float*>malloc(<size_t>M * KC * sizeof(float))
-                if cols == NULL:
-                    failed = True
-                else:
+                cols = &work[0, 0]
+                if True:
                     _im2col(&x[0, 0, 0], B, T, Ci, K, pad, To, cols, nthreads)
                     gemm_rm(b'T', b'N', Co, KC, M, 1.0, dyp, Co, cols, KC, 1.0, &dwt[0, 0], KC)
                     if has_dx:    # reuse the cols buffer for dcols = dy @ wt, then col2im
@@ -113,6 +109,5 @@ def backward(const float[:, :, ::1] dy, const float[:, :, ::1] x, const float[:,
                                 if t >= 0 and t < To:
                                     for c in range(Ci):
                                         dxp[r * Ci + c] += dcols[(bi * To + t) * KC + k * Ci + c]
-                    free(cols)
     if failed:
         raise MemoryError()

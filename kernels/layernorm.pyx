@@ -62,11 +62,12 @@ def forward(const float[:, ::1] a, const float[:, ::1] res, const float[::1] w,
 def backward(const float[:, ::1] dout, const float[:, ::1] x, const float[::1] w,
              const float[::1] mean, const float[::1] rstd, uint64_t key, uint64_t thr,
              float scale, float[:, ::1] dx, float[:, ::1] dx2, bint has2,
-             float[::1] dw, float[::1] db, int nchunk, int nthreads):
-    # dpre = LN backward; dx += dpre; if has2: dx2 += dpre * keep * scale
+             float[::1] dw, float[::1] db, int nchunk, bint acc, int nthreads):
+    # dpre = LN backward; dx (+)= dpre; if has2: dx2 (+)= dpre * keep * scale
+    # acc: accumulate (+=) into dx/dx2, or write (=)
     # dw/db: per-chunk partials (chunk ch owns rows [ch*N/nchunk, (ch+1)*N/nchunk)), then summed.
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], i, c, ch, r0, r1
-    cdef float m, s, sg, sgx, xh, d, g, dv
+    cdef float m, s, sg, sgx, xh, d, g, dv, d2
     cdef float* pw
     cdef float* pb
     if N == 0:
@@ -99,13 +100,20 @@ def backward(const float[:, ::1] dout, const float[:, ::1] x, const float[::1] w
                     xh = (x[i, c] - m) * s
                     g = dout[i, c] * w[c]
                     dv = s * (g - sg - xh * sgx)
-                    dx[i, c] += dv
-                    if has2:
-                        if thr > 0:
-                            if rand24(key, <uint64_t>(i * C + c)) >= thr:
-                                dx2[i, c] += dv * scale
+                    d2 = dv
+                    if thr > 0:
+                        if rand24(key, <uint64_t>(i * C + c)) >= thr:
+                            d2 = dv * scale
                         else:
-                            dx2[i, c] += dv
+                            d2 = 0
+                    if acc:
+                        dx[i, c] += dv
+                        if has2:
+                            dx2[i, c] += d2
+                    else:
+                        dx[i, c] = dv
+                        if has2:
+                            dx2[i, c] = d2
         for ch in range(nchunk):
             for c in range(C):
                 dw[c] += pw[ch * C + c]

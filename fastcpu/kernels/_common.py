@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -60,3 +61,26 @@ def check_out(buf, shape, dtype, what):
     if buf.shape != tuple(shape) or buf.dtype != dtype or not buf.flags.c_contiguous:
         raise ValueError(f"{what}: expected C-contiguous {dtype} buffer of shape {tuple(shape)}, "
                          f"got {buf.dtype} {buf.shape}")
+
+
+# Scratch buffers reused across calls (per thread). Large temporaries (im2col columns, ...) are
+# the size of a layer's activations; allocating them fresh each call page-faults every page again
+# (measured: ~100 ms of a 370 ms conv1d step at FastSpeech2 size). Never returned to callers.
+_scratch = threading.local()
+
+
+def scratch(key: str, shape, dtype=np.float32) -> np.ndarray:
+    """A C-contiguous work array of ``shape`` for temporary use inside one kernel call."""
+    pool = getattr(_scratch, "pool", None)
+    if pool is None:
+        pool = _scratch.pool = {}
+    n = int(np.prod(shape, dtype=np.int64))
+    buf = pool.get(key)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = pool[key] = np.empty(max(n, 1), dtype)
+    return buf[:n].reshape(shape)
+
+
+def release_scratch() -> None:
+    """Drop this thread's scratch buffers (e.g. after training, to return the memory)."""
+    _scratch.pool = {}

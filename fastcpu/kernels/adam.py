@@ -79,31 +79,40 @@ def clip_adam_reference(params, grads, m, v, *, step, lr, beta1=0.9, beta2=0.999
 
 # ----------------------------------------------------------------------------- Numba
 
+# Loops run over per-chunk slices with range(len): a signed range(a, b) index makes Numba emit a
+# negative-index check that blocks vectorisation (measured 9x slower for the norm pass).
+
 @nb.njit(**PJIT)
 def _sumsq_nb(g, nchunk):
     n = g.shape[0]
     part = np.zeros(nchunk, dtype=np.float64)
     for ch in nb.prange(nchunk):
+        gs = g[ch * n // nchunk:(ch + 1) * n // nchunk]
         s = 0.0
-        for i in range(ch * n // nchunk, (ch + 1) * n // nchunk):
-            x = np.float64(g[i])
-            s += x * x
+        for i0 in range(0, gs.shape[0], 512):     # float32 runs of 512, summed in float64
+            blk = gs[i0:i0 + 512]
+            t = np.float32(0.0)
+            for i in range(blk.shape[0]):
+                t += blk[i] * blk[i]
+            s += t
         part[ch] = s
     return part.sum()
 
 
 @nb.njit(**PJIT)
-def _adam_nb(p, g, m, v, coef, step_size, a1, beta2, a2, bc2_sqrt, eps, wd):
+def _adam_nb(p, g, m, v, coef, step_size, a1, beta2, a2, bc2_sqrt, eps, wd, nchunk):
     # a1 = 1 - beta1, a2 = 1 - beta2 computed in double (as torch's Python scalars are)
-    for i in nb.prange(p.shape[0]):
-        gi = g[i] * coef
-        if wd != 0:
-            gi += wd * p[i]
-        mi = m[i] + a1 * (gi - m[i])
-        vi = beta2 * v[i] + a2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        p[i] -= step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+    n = p.shape[0]
+    for ch in nb.prange(nchunk):
+        a, b = ch * n // nchunk, (ch + 1) * n // nchunk
+        ps, gs, ms, vs = p[a:b], g[a:b], m[a:b], v[a:b]
+        for i in range(ps.shape[0]):
+            gi = gs[i] * coef + wd * ps[i]
+            mi = ms[i] + a1 * (gi - ms[i])
+            vi = beta2 * vs[i] + a2 * (gi * gi)
+            ms[i] = mi
+            vs[i] = vi
+            ps[i] -= step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
 
 
 def grad_norm_numba(grads):
@@ -120,7 +129,7 @@ def clip_adam_numba(params, grads, m, v, *, step, lr, beta1=0.9, beta2=0.999, ep
     f = np.float32
     _adam_nb(params, grads, m, v, f(coef), f(step_size), f(1 - beta1), f(beta2), f(1 - beta2),
              f(bc2_sqrt), f(eps),
-             f(weight_decay))
+             f(weight_decay), NCHUNK)
     return norm
 
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
-from fastcpu.kernels._common import PJIT
+from fastcpu.kernels._common import PJIT, scratch
 
 # auto = "numba": `python -m pytest benchmarks/test_kernels.py -k conv1d --benchmark-only`
 # (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks".
@@ -105,8 +105,9 @@ def _col2im_nb(dcols, K, pad, To, dx):
 @nb.njit(**PJIT)
 def _bias_nb(y, b):
     for r in nb.prange(y.shape[0]):
-        for o in range(y.shape[1]):
-            y[r, o] += b[o]
+        yr = y[r]                   # row slice + range(len): vectorises (no wraparound check)
+        for o in range(yr.shape[0]):
+            yr[o] += b[o]
 
 
 @nb.njit(**PJIT)
@@ -137,7 +138,7 @@ def _cols_numba(x, K, pad, To):
     B, T, Ci = x.shape
     if K == 1 and pad == 0:
         return x.reshape(B * T, Ci)
-    cols = np.empty((B * To, K * Ci), x.dtype)
+    cols = scratch("conv1d.cols", (B * To, K * Ci), x.dtype)
     if cols.size:
         _im2col_nb(x, K, pad, To, cols)
     return cols
@@ -172,10 +173,10 @@ def backward_numba(dy, x, w, padding, dx, dw, db):
     else:
         _dw_scatter_nb(dwt, dw)
     if dx is not None:
-        dcols = dy2 @ _wt(w)                             # (B*To, K*Ci)
         if K == 1 and pad == 0:
-            dx.reshape(B * T, Ci)[...] += dcols
+            dx.reshape(B * T, Ci)[...] += dy2 @ _wt(w)
         else:
+            dcols = np.matmul(dy2, _wt(w), out=scratch("conv1d.cols", (B * To, K * Ci)))
             _col2im_nb(dcols, K, pad, To, dx)
 
 
@@ -189,14 +190,16 @@ def _cython():
     def forward(x, w, b=None, padding=None):
         B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
         y = np.empty((B, To, Co), np.float32)
-        cy.forward(np.ascontiguousarray(x), _wt(w), b, pad, To, y, runtime.num_threads())
+        cols = scratch("conv1d.cols", (B * To, K * Ci) if (K, pad) != (1, 0) else (0, 0))
+        cy.forward(np.ascontiguousarray(x), _wt(w), b, pad, To, y, cols, runtime.num_threads())
         return y
 
     def backward(dy, x, w, padding, dx, dw, db):
         B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
         dwt = np.zeros((Co, K * Ci), np.float32)
+        cols = scratch("conv1d.cols", (B * To, K * Ci) if (K, pad) != (1, 0) else (0, 0))
         cy.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), _wt(w), pad, dx, dwt, db,
-                    runtime.num_threads())
+                    cols, runtime.num_threads())
         if K == 1:
             dw.reshape(Co, Ci)[...] += dwt
         else:

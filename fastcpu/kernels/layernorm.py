@@ -14,7 +14,9 @@ Fused residual variant (FastSpeech2's ``LayerNorm(Dropout(a) + res)``):
     backward: dpre = layernorm_backward(...); dres += dpre; da += dpre * keep / (1 - p)
 
 The dropout mask is never stored: backward regenerates it from ``seed``. Backward *accumulates*
-(+=) into dx/da/dres/dw/db, so callers zero them (or pass buffers already holding other grads).
+(+=) into dw/db and into dx/da/dres when given; passing ``None`` for dx (da, dres) writes a fresh
+array instead — one pass less than zero-filling and accumulating — and backward returns the
+input-gradient buffers it used.
 Reductions over rows (dw, db) are split into a fixed number of row chunks, so results do not
 depend on the thread count.
 """
@@ -52,12 +54,14 @@ def forward_reference(x, w, b, eps=1e-5):
 
 
 def backward_reference(dout, x, w, mean, rstd, dx, dw, db):
+    dx = np.zeros_like(x) if dx is None else dx
     x2, d2, dx2 = as_rows(x), as_rows(dout), as_rows(dx)
     xhat = (x2 - mean[:, None]) * rstd[:, None]
     db += d2.sum(0)
     dw += (d2 * xhat).sum(0)
     g = d2 * w
     dx2 += rstd[:, None] * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    return dx
 
 
 def residual_forward_reference(a, res, w, b, p=0.0, seed=0, eps=1e-5):
@@ -71,14 +75,16 @@ def residual_forward_reference(a, res, w, b, p=0.0, seed=0, eps=1e-5):
 
 
 def residual_backward_reference(dout, pre, w, mean, rstd, p, seed, da, dres, dw, db):
-    dpre = np.zeros_like(pre)
-    backward_reference(dout, pre, w, mean, rstd, dpre, dw, db)
+    da = np.zeros_like(pre) if da is None else da
+    dres = np.zeros_like(pre) if dres is None else dres
+    dpre = backward_reference(dout, pre, w, mean, rstd, None, dw, db)
     dres += dpre
     if p > 0:
         keep = keep_mask_reference(seed_key(seed), drop_threshold(p), pre.shape)
         da += np.where(keep, dpre * pre.dtype.type(_dropout_scale(p)), 0)
     else:
         da += dpre
+    return da, dres
 
 
 # ----------------------------------------------------------------------------- Numba
@@ -129,8 +135,9 @@ def _res_fwd_nb(a, res, w, b, eps, key, thr, scale, out, pre, mean, rstd):
 
 
 @nb.njit(**PJIT)
-def _bwd_nb(dout, x, w, mean, rstd, key, thr, scale, dx, dx2, dw, db, nchunk):
-    # dx += dpre; if dx2 has rows: dx2 += dpre * keep * scale (the fused residual case).
+def _bwd_nb(dout, x, w, mean, rstd, key, thr, scale, dx, dx2, dw, db, nchunk, acc):
+    # dx (+)= dpre; if dx2 has rows: dx2 (+)= dpre * keep * scale (the fused residual case);
+    # acc: accumulate (+=) or write (=).
     # dw, db via per-chunk partials (chunk c owns rows [c*N/nchunk, (c+1)*N/nchunk)).
     N, C = x.shape
     pw = np.zeros((nchunk, C), dtype=np.float32)
@@ -158,13 +165,17 @@ def _bwd_nb(dout, x, w, mean, rstd, key, thr, scale, dx, dx2, dw, db, nchunk):
                 xh = (x[i, c] - m) * s
                 g = dout[i, c] * w[c]
                 dv = s * (g - sg - xh * sgx)
-                dx[i, c] += dv
-                if has2:
-                    if thr > 0:
-                        if rand24(key, i * C + c) >= thr:
-                            dx2[i, c] += dv * scale
-                    else:
-                        dx2[i, c] += dv
+                d2 = dv
+                if thr > 0:
+                    d2 = dv * scale if rand24(key, i * C + c) >= thr else np.float32(0.0)
+                if acc:
+                    dx[i, c] += dv
+                    if has2:
+                        dx2[i, c] += d2
+                else:
+                    dx[i, c] = dv
+                    if has2:
+                        dx2[i, c] = d2
     for ch in range(nchunk):
         for c in range(C):
             dw[c] += pw[ch, c]
@@ -172,6 +183,12 @@ def _bwd_nb(dout, x, w, mean, rstd, key, thr, scale, dx, dx2, dw, db, nchunk):
 
 
 _EMPTY = np.zeros((0, 0), np.float32)
+
+
+def _same_mode(da, dres):
+    if (da is None) != (dres is None):
+        raise ValueError("residual layernorm backward: pass both da and dres, or neither")
+    return da is not None
 
 
 def _nchunk(N):
@@ -190,10 +207,13 @@ def forward_numba(x, w, b, eps=1e-5):
 
 
 def backward_numba(dout, x, w, mean, rstd, dx, dw, db):
+    acc = dx is not None
+    dx = np.empty_like(x) if dx is None else dx
     x2 = as_rows(x)
     if x2.shape[0]:
         _bwd_nb(as_rows(dout), x2, w, mean, rstd, np.uint64(0), np.uint64(0), x.dtype.type(1),
-                as_rows(dx), _EMPTY.astype(x.dtype), dw, db, _nchunk(x2.shape[0]))
+                as_rows(dx), _EMPTY.astype(x.dtype), dw, db, _nchunk(x2.shape[0]), acc)
+    return dx
 
 
 def residual_forward_numba(a, res, w, b, p=0.0, seed=0, eps=1e-5):
@@ -211,11 +231,15 @@ def residual_forward_numba(a, res, w, b, p=0.0, seed=0, eps=1e-5):
 
 
 def residual_backward_numba(dout, pre, w, mean, rstd, p, seed, da, dres, dw, db):
+    acc = _same_mode(da, dres)
+    da = np.empty_like(pre) if da is None else da
+    dres = np.empty_like(pre) if dres is None else dres
     x2 = as_rows(pre)
     if x2.shape[0]:
         _bwd_nb(as_rows(dout), x2, w, mean, rstd, np.uint64(seed_key(seed)),
                 np.uint64(drop_threshold(p)), pre.dtype.type(_dropout_scale(p)),
-                as_rows(dres), as_rows(da), dw, db, _nchunk(x2.shape[0]))
+                as_rows(dres), as_rows(da), dw, db, _nchunk(x2.shape[0]), acc)
+    return da, dres
 
 
 # ----------------------------------------------------------------------------- Cython binding
@@ -235,9 +259,12 @@ def _cython():
         return out.reshape(x.shape), mean, rstd
 
     def backward(dout, x, w, mean, rstd, dx, dw, db):
+        acc = dx is not None
+        dx = np.empty_like(x) if dx is None else dx
         x2 = as_rows(x)
         cy.backward(as_rows(dout), x2, w, mean, rstd, 0, 0, 1.0, as_rows(dx), as_rows(dx), 0,
-                    dw, db, _nchunk(x2.shape[0]), runtime.num_threads())
+                    dw, db, _nchunk(x2.shape[0]), acc, runtime.num_threads())
+        return dx
 
     def residual_forward(a, res, w, b, p=0.0, seed=0, eps=1e-5):
         a2 = as_rows(a)
@@ -250,10 +277,14 @@ def _cython():
         return out.reshape(a.shape), pre.reshape(a.shape), mean, rstd
 
     def residual_backward(dout, pre, w, mean, rstd, p, seed, da, dres, dw, db):
+        acc = _same_mode(da, dres)
+        da = np.empty_like(pre) if da is None else da
+        dres = np.empty_like(pre) if dres is None else dres
         x2 = as_rows(pre)
         cy.backward(as_rows(dout), x2, w, mean, rstd, seed_key(seed), drop_threshold(p),
                     _dropout_scale(p), as_rows(dres), as_rows(da), 1, dw, db,
-                    _nchunk(x2.shape[0]), runtime.num_threads())
+                    _nchunk(x2.shape[0]), acc, runtime.num_threads())
+        return da, dres
 
     return SimpleNamespace(forward=forward, backward=backward, residual_forward=residual_forward,
                            residual_backward=residual_backward)

@@ -68,9 +68,9 @@ class _LayerNorm(Function):
     @staticmethod
     def backward(ctx, dout):
         x, w, mean, rstd = ctx.saved_tensors
-        dx, dw, db = ctx.grad_buffer(0), ctx.grad_buffer(1), ctx.grad_buffer(2)
-        _k("layernorm", ctx.backend).backward(np.ascontiguousarray(dout), x, w, mean, rstd,
-                                              dx, dw, db)
+        dw, db = ctx.grad_buffer(1), ctx.grad_buffer(2)
+        dx = _k("layernorm", ctx.backend).backward(np.ascontiguousarray(dout), x, w, mean, rstd,
+                                                   ctx.leaf_grad(0), dw, db)
         return dx, dw, db
 
 
@@ -90,10 +90,12 @@ class _ResidualLayerNorm(Function):
     @staticmethod
     def backward(ctx, dout):
         pre, w, mean, rstd = ctx.saved_tensors
-        da, dres = ctx.grad_buffer(0), ctx.grad_buffer(1)
         dw, db = ctx.grad_buffer(2), ctx.grad_buffer(3)
-        _k("layernorm", ctx.backend).residual_backward(np.ascontiguousarray(dout), pre, w, mean,
-                                                       rstd, ctx.p, ctx.seed, da, dres, dw, db)
+        da, dres = ctx.leaf_grad(0), ctx.leaf_grad(1)
+        if (da is None) != (dres is None):          # one leaf, one not: accumulate into both
+            da, dres = ctx.grad_buffer(0), ctx.grad_buffer(1)
+        da, dres = _k("layernorm", ctx.backend).residual_backward(
+            np.ascontiguousarray(dout), pre, w, mean, rstd, ctx.p, ctx.seed, da, dres, dw, db)
         return da, dres, dw, db
 
 

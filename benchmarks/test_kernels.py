@@ -1,0 +1,178 @@
+"""pytest-benchmark: the four named kernels (forward + backward) for every backend and for the
+PyTorch equivalent, at FastSpeech2 shapes; plus fused dropout+residual+LayerNorm against PyTorch's
+three ops, and clip+Adam on 35M parameters against the copy-bandwidth bound.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
+        python -m pytest benchmarks/test_kernels.py --benchmark-only --benchmark-json=out.json
+    python benchmarks/report.py out.json          # the README table
+"""
+import numba as nb
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from benchmarks.conftest import run
+from fastcpu import kernels
+
+B, T, H, D, C = 16, 400, 2, 128, 256
+N_ADAM = 35_159_361 - 513_022       # the reference model's trainable parameters
+RNG = np.random.default_rng(0)
+
+
+def r32(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def backends(op):
+    return pytest.mark.parametrize("impl", kernels.available()[op] + ["torch"])
+
+
+def skip_slow_reference(impl):
+    if impl == "reference":
+        pytest.skip("the NumPy reference is the spec, not a contender (tests time it implicitly)")
+
+
+# --------------------------------------------------------------------------- attention
+LENGTHS = np.random.default_rng(1).integers(200, T + 1, B)
+LENGTHS[0] = T
+
+
+@pytest.mark.benchmark(group="attention B16 H2 D128 T400 ragged")
+@backends("attention")
+def test_attention(benchmark, impl):
+    skip_slow_reference(impl)
+    q, k, v, do = (r32(B, T, H, D) for _ in range(4))
+    if impl == "torch":
+        tq, tk, tv = (torch.tensor(a).transpose(1, 2).requires_grad_() for a in (q, k, v))
+        keep = (torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None])[:, None, None, :]
+        tdo = torch.tensor(do).transpose(1, 2)
+
+        def step():
+            tq.grad = tk.grad = tv.grad = None
+            TF.scaled_dot_product_attention(tq, tk, tv, attn_mask=keep).backward(tdo)
+    else:
+        kk = kernels.get("attention", impl)
+
+        def step():
+            o, lse = kk.forward(q, k, v, LENGTHS)
+            g = [np.zeros_like(q) for _ in range(3)]
+            kk.backward(do, q, k, v, o, lse, LENGTHS, None, *g)
+    run(benchmark, step)
+
+
+# --------------------------------------------------------------------------- conv1d
+@pytest.mark.benchmark(group="conv1d")
+@pytest.mark.parametrize("shape", ["256-1024-k9", "1024-256-k1"])
+@backends("conv1d")
+def test_conv1d(benchmark, impl, shape):
+    skip_slow_reference(impl)
+    Ci, Co, K = {"256-1024-k9": (256, 1024, 9), "1024-256-k1": (1024, 256, 1)}[shape]
+    benchmark.group = f"conv1d {shape} B16 T400"
+    x, dy = r32(B, T, Ci), r32(B, T, Co)
+    w, b = r32(Co, Ci, K, scale=0.02), r32(Co)
+    if impl == "torch":
+        conv = torch.nn.Conv1d(Ci, Co, K, padding=(K - 1) // 2)
+        tx = torch.tensor(x).transpose(1, 2).requires_grad_()
+        tdy = torch.tensor(dy).transpose(1, 2)
+
+        def step():
+            tx.grad = None
+            conv.zero_grad()
+            conv(tx).backward(tdy)
+    else:
+        kk = kernels.get("conv1d", impl)
+
+        def step():
+            kk.forward(x, w, b)
+            kk.backward(dy, x, w, None, np.zeros_like(x), np.zeros_like(w), np.zeros_like(b))
+    run(benchmark, step, rounds=3)
+
+
+# --------------------------------------------------------------------------- layernorm
+@pytest.mark.benchmark(group="layernorm 256 B16 T400")
+@backends("layernorm")
+def test_layernorm(benchmark, impl):
+    skip_slow_reference(impl)
+    x, do, w, b = r32(B, T, C), r32(B, T, C), r32(C), r32(C)
+    if impl == "torch":
+        tx, tw, tb = (torch.tensor(a).requires_grad_() for a in (x, w, b))
+        tdo = torch.tensor(do)
+
+        def step():
+            tx.grad = tw.grad = tb.grad = None
+            TF.layer_norm(tx, (C,), tw, tb).backward(tdo)
+    else:
+        kk = kernels.get("layernorm", impl)
+
+        def step():
+            y, m, s = kk.forward(x, w, b)
+            kk.backward(do, x, w, m, s, None, np.zeros_like(w), np.zeros_like(b))
+    run(benchmark, step, rounds=20)
+
+
+@pytest.mark.benchmark(group="dropout(0.2)+residual+layernorm B16 T400 C256")
+@backends("layernorm")
+def test_residual_layernorm(benchmark, impl):
+    skip_slow_reference(impl)
+    a, res, do, w, b = r32(B, T, C), r32(B, T, C), r32(B, T, C), r32(C), r32(C)
+    if impl == "torch":
+        ta, tr, tw, tb = (torch.tensor(x).requires_grad_() for x in (a, res, w, b))
+        tdo = torch.tensor(do)
+
+        def step():                                 # the reference's three separate ops
+            ta.grad = tr.grad = tw.grad = tb.grad = None
+            TF.layer_norm(TF.dropout(ta, 0.2, True) + tr, (C,), tw, tb).backward(tdo)
+    else:
+        kk = kernels.get("layernorm", impl)
+
+        def step():
+            y, pre, m, s = kk.residual_forward(a, res, w, b, 0.2, 1)
+            kk.residual_backward(do, pre, w, m, s, 0.2, 1, None, None, np.zeros_like(w),
+                                 np.zeros_like(b))
+    run(benchmark, step, rounds=20)
+
+
+# --------------------------------------------------------------------------- clip + Adam
+@nb.njit(parallel=True, cache=True)
+def _copy_nb(src, dst):
+    for i in nb.prange(src.shape[0]):
+        dst[i] = src[i]
+
+
+@pytest.mark.benchmark(group="clip+Adam 34.6M params")
+def test_copy_bandwidth(benchmark):
+    """The machine's copy bandwidth (Numba prange copy of N_ADAM floats): clip+Adam moves 32 B
+    per parameter (norm: read g; update: read p, g, m, v, write p, m, v), a copy 8 B, so the
+    bandwidth bound of clip+Adam is 4x this time."""
+    src = r32(N_ADAM)
+    dst = np.empty_like(src)
+    run(benchmark, lambda: _copy_nb(src, dst), rounds=10)
+    benchmark.extra_info["bytes"] = 8 * N_ADAM
+
+
+@pytest.mark.benchmark(group="clip+Adam 34.6M params")
+@backends("adam")
+def test_clip_adam(benchmark, impl):
+    skip_slow_reference(impl)
+    if impl == "torch":
+        from benchmarks.shapes import REFERENCE_TRAINABLE_SHAPES
+        ps = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in REFERENCE_TRAINABLE_SHAPES]
+        for p in ps:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = torch.optim.Adam(ps, lr=1e-3, betas=(0.9, 0.98), eps=1e-9, fused=True)
+
+        def step():
+            torch.nn.utils.clip_grad_norm_(ps, 1.0)
+            opt.step()
+    else:
+        kk = kernels.get("adam", impl)
+        p, g = r32(N_ADAM, scale=0.02), r32(N_ADAM, scale=1e-3)
+        m, v = np.zeros_like(p), np.zeros_like(p)
+        it = iter(range(1, 10_000))
+
+        def step():
+            kk.clip_adam(p, g, m, v, step=next(it), lr=1e-3, beta1=0.9, beta2=0.98, eps=1e-9,
+                         max_norm=1.0)
+    benchmark.extra_info["bytes"] = 32 * N_ADAM
+    run(benchmark, step, rounds=10)
