@@ -89,22 +89,26 @@ def residual_backward_reference(dout, pre, w, mean, rstd, p, seed, da, dres, dw,
 
 # ----------------------------------------------------------------------------- Numba
 
+# Inner loops run over row slices with range(len): 2-D indexing with a signed index makes Numba
+# emit a wraparound check per element that blocks vectorisation.
+
 @nb.njit(**PJIT)
 def _fwd_nb(x, w, b, eps, out, mean, rstd):
     # x (N, C) -> out (N, C), mean (N,), rstd (N,); parallel over rows
     N, C = x.shape
     for i in nb.prange(N):
+        xr, orow = x[i], out[i]
         m = np.float32(0.0)
         for c in range(C):
-            m += x[i, c]
+            m += xr[c]
         m /= C
         v = np.float32(0.0)
         for c in range(C):
-            d = x[i, c] - m
+            d = xr[c] - m
             v += d * d
         s = np.float32(1.0) / np.sqrt(v / C + eps)
         for c in range(C):
-            out[i, c] = (x[i, c] - m) * s * w[c] + b[c]
+            orow[c] = (xr[c] - m) * s * w[c] + b[c]
         mean[i] = m
         rstd[i] = s
 
@@ -114,68 +118,72 @@ def _res_fwd_nb(a, res, w, b, eps, key, thr, scale, out, pre, mean, rstd):
     # pre = dropout(a) + res; out = layernorm(pre); one pass per row
     N, C = a.shape
     for i in nb.prange(N):
+        ar, rr, pr, orow = a[i], res[i], pre[i], out[i]
+        base = i * C
         m = np.float32(0.0)
         for c in range(C):
-            av = a[i, c]
-            if thr > 0:
-                av = av * scale if rand24(key, i * C + c) >= thr else np.float32(0.0)
-            xv = av + res[i, c]
-            pre[i, c] = xv
+            keep = rand24(key, base + c) >= thr
+            xv = (ar[c] * scale if keep else np.float32(0.0)) + rr[c]
+            pr[c] = xv
             m += xv
         m /= C
         v = np.float32(0.0)
         for c in range(C):
-            d = pre[i, c] - m
+            d = pr[c] - m
             v += d * d
         s = np.float32(1.0) / np.sqrt(v / C + eps)
         for c in range(C):
-            out[i, c] = (pre[i, c] - m) * s * w[c] + b[c]
+            orow[c] = (pr[c] - m) * s * w[c] + b[c]
         mean[i] = m
         rstd[i] = s
 
 
 @nb.njit(**PJIT)
 def _bwd_nb(dout, x, w, mean, rstd, key, thr, scale, dx, dx2, dw, db, nchunk, acc):
-    # dx (+)= dpre; if dx2 has rows: dx2 (+)= dpre * keep * scale (the fused residual case);
-    # acc: accumulate (+=) or write (=).
-    # dw, db via per-chunk partials (chunk c owns rows [c*N/nchunk, (c+1)*N/nchunk)).
+    # dpre = LN backward; dx (+)= dpre; with dx2 rows (fused residual): dx2 (+)= dpre*keep*scale.
+    # acc: accumulate (+=) or write (=). dw, db via per-chunk partials (chunk ch owns rows
+    # [ch*N/nchunk, (ch+1)*N/nchunk)), summed in chunk order.
     N, C = x.shape
     pw = np.zeros((nchunk, C), dtype=np.float32)
     pb = np.zeros((nchunk, C), dtype=np.float32)
-    has2 = dx2.shape[0] > 0
+    fused = dx2.shape[0] > 0
     for ch in nb.prange(nchunk):
-        r0 = ch * N // nchunk
-        r1 = (ch + 1) * N // nchunk
-        for i in range(r0, r1):
+        pwc, pbc = pw[ch], pb[ch]
+        for i in range(ch * N // nchunk, (ch + 1) * N // nchunk):
+            xr, dr, dxr = x[i], dout[i], dx[i]
             m = mean[i]
             s = rstd[i]
             sg = np.float32(0.0)
             sgx = np.float32(0.0)
             for c in range(C):
-                xh = (x[i, c] - m) * s
-                d = dout[i, c]
-                pw[ch, c] += d * xh
-                pb[ch, c] += d
+                xh = (xr[c] - m) * s
+                d = dr[c]
+                pwc[c] += d * xh
+                pbc[c] += d
                 g = d * w[c]
                 sg += g
                 sgx += g * xh
             sg /= C
             sgx /= C
-            for c in range(C):
-                xh = (x[i, c] - m) * s
-                g = dout[i, c] * w[c]
-                dv = s * (g - sg - xh * sgx)
-                d2 = dv
-                if thr > 0:
-                    d2 = dv * scale if rand24(key, i * C + c) >= thr else np.float32(0.0)
+            if not fused:
                 if acc:
-                    dx[i, c] += dv
-                    if has2:
-                        dx2[i, c] += d2
+                    for c in range(C):
+                        dxr[c] += s * (dr[c] * w[c] - sg - (xr[c] - m) * s * sgx)
                 else:
-                    dx[i, c] = dv
-                    if has2:
-                        dx2[i, c] = d2
+                    for c in range(C):
+                        dxr[c] = s * (dr[c] * w[c] - sg - (xr[c] - m) * s * sgx)
+            else:
+                d2r = dx2[i]
+                base = i * C
+                for c in range(C):
+                    dv = s * (dr[c] * w[c] - sg - (xr[c] - m) * s * sgx)
+                    d2 = dv * scale if rand24(key, base + c) >= thr else np.float32(0.0)
+                    if acc:
+                        dxr[c] += dv
+                        d2r[c] += d2
+                    else:
+                        dxr[c] = dv
+                        d2r[c] = d2
     for ch in range(nchunk):
         for c in range(C):
             dw[c] += pw[ch, c]
