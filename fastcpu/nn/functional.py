@@ -280,6 +280,78 @@ def masked_mse(pred, target, lengths):
     return _MaskedLoss.apply(pred, target=target, lengths=lengths, kind="mse")
 
 
-__all__ = ["linear", "conv1d", "layer_norm", "residual_layer_norm", "attention", "reshape",
+class _MaskRows(Function):
+    @staticmethod
+    def forward(ctx, x, lengths):
+        ctx.lengths = lengths
+        return _zero_rows(x.copy(), lengths)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (_zero_rows(g.copy(), ctx.lengths),)
+
+
+def _zero_rows(a, lengths):
+    T = a.shape[1]
+    for b, L in enumerate(np.asarray(lengths)):
+        if L < T:
+            a[b, max(int(L), 0):] = 0
+    return a
+
+
+def mask_rows(x, lengths):
+    """Zero the padding steps t >= lengths[b] of x (B, T, ...) — the reference's masked_fill."""
+    return _MaskRows.apply(x, lengths=np.asarray(lengths))
+
+
+class _AddConst(Function):
+    @staticmethod
+    def forward(ctx, x, c):
+        return x + c
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g,)
+
+
+def add_const(x, c):
+    """x + c for a constant array c broadcast over x (no gradient to c): positional tables."""
+    return _AddConst.apply(x, c=c)
+
+
+class _AddOverTime(Function):
+    @staticmethod
+    def forward(ctx, x, s):
+        return x + s[:, None, :]
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g.sum(1)
+
+
+def add_over_time(x, s):
+    """x (B, T, C) + s (B, C) broadcast over time (speaker embedding)."""
+    return _AddOverTime.apply(x, s)
+
+
+class _SliceTime(Function):
+    @staticmethod
+    def forward(ctx, x, T):
+        ctx.shape = x.shape
+        return np.ascontiguousarray(x[:, :T])
+
+    @staticmethod
+    def backward(ctx, g):
+        full = np.zeros(ctx.shape, g.dtype)
+        full[:, :g.shape[1]] = g
+        return (full,)
+
+
+def slice_time(x, T):
+    """x[:, :T] (the decoder's max_seq_len truncation); identity when T covers x."""
+    return x if T >= x.shape[1] else _SliceTime.apply(x, T=T)
+
+
+__all__ = ["slice_time", "mask_rows", "add_const", "add_over_time", "linear", "conv1d", "layer_norm", "residual_layer_norm", "attention", "reshape",
            "dropout", "relu", "tanh", "embedding", "batch_norm", "length_regulator", "masked_l1",
            "masked_mse", "Tensor"]

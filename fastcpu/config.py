@@ -1,0 +1,224 @@
+"""Configuration: dataclasses + YAML + ``section.key=value`` overrides. Unknown keys are errors.
+
+A config file is YAML with the sections of ``Config`` (``model``, ``optimizer``, ``train``,
+``data``); every key is typed by the dataclass field it fills, and a wrong key or type fails with
+one line naming the file, the key and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message is one line meant for the user."""
+
+
+@dataclass
+class ModelConfig:
+    encoder_layer: int = 4
+    encoder_head: int = 2
+    encoder_hidden: int = 256
+    decoder_layer: int = 6
+    decoder_head: int = 2
+    decoder_hidden: int = 256
+    conv_filter_size: int = 1024
+    conv_kernel_size: list = field(default_factory=lambda: [9, 1])
+    encoder_dropout: float = 0.2
+    decoder_dropout: float = 0.2
+    vp_filter_size: int = 256
+    vp_kernel_size: int = 3
+    vp_dropout: float = 0.5
+    pitch_feature: str = "phoneme_level"
+    energy_feature: str = "phoneme_level"
+    pitch_quantization: str = "linear"
+    energy_quantization: str = "linear"
+    n_bins: int = 256
+    multi_speaker: bool = False
+    n_speakers: int = 1
+    max_seq_len: int = 1000
+    n_mel_channels: int = 80
+    n_src_vocab: int = 361
+    postnet_embedding_dim: int = 512
+    postnet_kernel_size: int = 5
+    postnet_n_convolutions: int = 5
+    postnet_dropout: float = 0.5
+    # bins: [min, max] of normalised pitch / energy (stats.json); the LJSpeech values by default
+    pitch_range: list = field(default_factory=lambda: [-2.917079304729967, 11.391254536985784])
+    energy_range: list = field(default_factory=lambda: [-1.431044578552246, 8.184337615966797])
+
+    def validate(self, where="model"):
+        _positive(self, where, "encoder_layer", "encoder_head", "encoder_hidden", "decoder_layer",
+                  "decoder_head", "decoder_hidden", "conv_filter_size", "vp_filter_size",
+                  "vp_kernel_size", "n_bins", "n_speakers", "max_seq_len", "n_mel_channels",
+                  "n_src_vocab", "postnet_embedding_dim", "postnet_kernel_size",
+                  "postnet_n_convolutions")
+        if self.encoder_hidden % self.encoder_head or self.decoder_hidden % self.decoder_head:
+            raise ConfigError(f"{where}: hidden size must be divisible by the number of heads")
+        if self.encoder_hidden != self.decoder_hidden:
+            raise ConfigError(f"{where}: encoder_hidden and decoder_hidden must be equal "
+                              f"(got {self.encoder_hidden}, {self.decoder_hidden})")
+        if len(self.conv_kernel_size) != 2:
+            raise ConfigError(f"{where}.conv_kernel_size: expected two kernel sizes, got "
+                              f"{self.conv_kernel_size}")
+        for k in ("pitch_feature", "energy_feature"):
+            if getattr(self, k) != "phoneme_level":
+                raise ConfigError(f"{where}.{k}: only 'phoneme_level' (the LJSpeech config) is "
+                                  f"supported, got {getattr(self, k)!r}")
+        for k in ("pitch_quantization", "energy_quantization"):
+            if getattr(self, k) not in ("linear", "log"):
+                raise ConfigError(f"{where}.{k}: expected 'linear' or 'log', got "
+                                  f"{getattr(self, k)!r}")
+        for k in ("encoder_dropout", "decoder_dropout", "vp_dropout", "postnet_dropout"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ConfigError(f"{where}.{k}: must be in [0, 1), got {getattr(self, k)}")
+        for k in ("pitch_range", "energy_range"):
+            r = getattr(self, k)
+            if len(r) != 2 or not r[0] < r[1]:
+                raise ConfigError(f"{where}.{k}: expected [min, max] with min < max, got {r}")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float | None = None                 # None: init_lr = hidden ** -0.5 (Noam, the reference)
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    grad_clip_thresh: float = 1.0
+    grad_acc_step: int = 1
+    schedule: str = "noam"                  # noam | exponential | cosine | constant
+    warm_up_step: int = 4000
+    anneal_steps: list = field(default_factory=lambda: [300000, 400000, 500000])
+    anneal_rate: float = 0.3
+    decay_rate: float = 0.999995            # exponential: lr * decay_rate ** (step - warm_up)
+    min_lr: float = 0.0                     # cosine: floor
+    total_step: int = 900000                # cosine: length of the decay
+
+    def validate(self, where="optimizer"):
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"{where}.lr: must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{where}.betas: expected two values in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ConfigError(f"{where}.eps: must be > 0, got {self.eps}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{where}.weight_decay: must be >= 0, got {self.weight_decay}")
+        if not self.grad_clip_thresh > 0:
+            raise ConfigError(f"{where}.grad_clip_thresh: must be > 0, got "
+                              f"{self.grad_clip_thresh}")
+        _positive(self, where, "grad_acc_step", "total_step")
+        if self.warm_up_step < 0:
+            raise ConfigError(f"{where}.warm_up_step: must be >= 0, got {self.warm_up_step}")
+        if self.schedule not in ("noam", "exponential", "cosine", "constant"):
+            raise ConfigError(f"{where}.schedule: expected noam | exponential | cosine | constant, "
+                              f"got {self.schedule!r}")
+
+
+def _positive(obj, where, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if not v > 0:
+            raise ConfigError(f"{where}.{n}: must be > 0, got {v}")
+
+
+def _check_type(value, tp, where):
+    """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, data, where):
+    """Build dataclass ``cls`` from a dict; unknown keys and wrong types raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = from_dict(tp, v, f"{where}.{k}")
+        else:
+            kwargs[k] = _check_type(v, tp, f"{where}.{k}")
+    return cls(**kwargs)
+
+
+def load_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return data or {}
+
+
+def parse_override(text: str):
+    """``section.key=value`` -> (["section", "key"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list, value, where="--set"):
+    d = data
+    for p in path[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} {'.'.join(path)}: {p} is not a section")
+    d[path[-1]] = value
+
+
+def to_dict(obj) -> dict:
+    return asdict(obj)
