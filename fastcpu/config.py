@@ -222,3 +222,56 @@ def apply_override(data: dict, path: list, value, where="--set"):
 
 def to_dict(obj) -> dict:
     return asdict(obj)
+
+
+@dataclass
+class DataConfig:
+    path: str = ""                          # preprocessed corpus (reference layout); "" = bundled
+    train_file: str = "train.txt"
+    val_file: str = "val.txt"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    group_size: int = 4
+    total_step: int = 900000
+    num_epochs: int = 0                     # 0: bounded by total_step only
+    log_step: int = 100
+    val_step: int = 1000
+    save_step: int = 100000
+    synth_step: int = 1000
+    seed: int = 1234
+    threads: int = 0                        # 0: every core
+
+    def validate(self, where="train"):
+        _positive(self, where, "batch_size", "group_size", "total_step", "log_step", "val_step",
+                  "save_step", "synth_step")
+        for k in ("num_epochs", "threads"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"{where}.{k}: must be >= 0, got {getattr(self, k)}")
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self):
+        self.model.validate()
+        self.optimizer.validate()
+        self.train.validate()
+        return self
+
+
+def load_config(path=None, overrides=()) -> Config:
+    """Config from a YAML file (or the defaults) plus ``section.key=value`` overrides."""
+    data = load_yaml(path) if path else {}
+    where = str(path) if path else "config"
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    return from_dict(Config, data, where).validate()

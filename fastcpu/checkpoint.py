@@ -1,0 +1,121 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, no pickle.
+
+One file per checkpoint: a safetensors file whose ``__metadata__`` holds
+``{"fastcpu": <JSON of the non-tensor state>, "sha256": <digest>}``. The digest covers the whole
+file with the digest itself replaced by zeros, so a truncated file or any flipped byte (header,
+metadata or tensor data) is refused on load with a message naming the file. Writes are atomic:
+temp file in the same directory, fsync, rename, fsync of the directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "fastcpu-checkpoint-1"
+_PLACEHOLDER = "0" * 64
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _digest(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def dumps(tensors: dict, meta: dict) -> bytes:
+    from safetensors.numpy import save
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    metadata = {"format": FORMAT, "fastcpu": json.dumps(meta, sort_keys=True),
+                "sha256": _PLACEHOLDER}
+    blob = save(arrays, metadata=metadata)
+    digest = _digest(blob)
+    out = blob.replace(_PLACEHOLDER.encode(), digest.encode(), 1)
+    if len(out) != len(blob):
+        raise AssertionError("checkpoint digest changed the header length")
+    return out
+
+
+def loads(blob: bytes, name: str = "<bytes>"):
+    """(tensors, meta) from checkpoint bytes; CheckpointError on any corruption."""
+    from safetensors.numpy import load
+    if len(blob) < 8:
+        raise CheckpointError(f"{name}: truncated checkpoint ({len(blob)} bytes)")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > len(blob) - 8:
+        raise CheckpointError(f"{name}: truncated or corrupted checkpoint (header says {n} "
+                              f"bytes, file has {len(blob) - 8})")
+    try:
+        header = json.loads(blob[8:8 + n])
+        md = header["__metadata__"]
+        digest = md["sha256"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(f"{name}: corrupted checkpoint header (not a fastcpu checkpoint?)")\
+            from None
+    check = blob.replace(digest.encode(), _PLACEHOLDER.encode(), 1)
+    if len(digest) != 64 or _digest(check) != digest:
+        raise CheckpointError(f"{name}: checksum mismatch — the file is corrupted or truncated")
+    if md.get("format") != FORMAT:
+        raise CheckpointError(f"{name}: unknown checkpoint format {md.get('format')!r}")
+    try:
+        tensors = load(blob)
+    except Exception as e:                                   # safetensors' own errors
+        raise CheckpointError(f"{name}: unreadable tensors ({e})") from None
+    return tensors, json.loads(md["fastcpu"])
+
+
+def save(path, tensors: dict, meta: dict) -> Path:
+    """Atomically write a checkpoint to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = dumps(tensors, meta)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return path
+
+
+def load(path):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    return loads(path.read_bytes(), str(path))
+
+
+# ----------------------------------------------------------------------------- model + optimizer
+
+def save_training_state(path, model, optimizer=None, meta: dict | None = None) -> Path:
+    """Model state_dict under ``model/``, Adam moments under ``optim/`` and meta as JSON."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    meta = dict(meta or {})
+    if optimizer is not None:
+        tensors.update({f"optim/{k}": v for k, v in optimizer.state_tensors().items()})
+        meta["optimizer_step"] = optimizer.t
+    return save(path, tensors, meta)
+
+
+def load_training_state(path, model, optimizer=None) -> dict:
+    """Load into ``model`` (strict) and ``optimizer``; returns the meta dict."""
+    tensors, meta = load(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    if optimizer is not None:
+        optimizer.load_state_tensors({k[6:]: v for k, v in tensors.items()
+                                      if k.startswith("optim/")}, meta.get("optimizer_step", 0))
+    return meta
