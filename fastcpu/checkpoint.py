@@ -28,10 +28,15 @@ def _digest(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def _c(a):
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")     # keeps 0-d arrays 0-d
+
+
 def dumps(tensors: dict, meta: dict) -> bytes:
     from safetensors.numpy import save
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    metadata = {"format": FORMAT, "fastcpu": json.dumps(meta, sort_keys=True),
+    arrays = {k: _c(v) for k, v in tensors.items()}
+    metadata = {"format": FORMAT, "fastcpu": json.dumps(meta),
                 "sha256": _PLACEHOLDER}
     blob = save(arrays, metadata=metadata)
     digest = _digest(blob)
