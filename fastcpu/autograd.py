@@ -17,6 +17,8 @@ import threading
 
 import numpy as np
 
+from fastcpu import profile as _profile
+
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled"]
 
 _mode = threading.local()
@@ -131,7 +133,14 @@ class Function:
         raw = [a.data if isinstance(a, Tensor) else a for a in args]
         track = is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = Context(cls, args if track else ())
-        out = cls.forward(ctx, *raw, **kwargs)
+        prof = _profile._active
+        if prof is None:
+            out = cls.forward(ctx, *raw, **kwargs)
+        else:
+            t0 = _profile.time.perf_counter()
+            out = cls.forward(ctx, *raw, **kwargs)
+            prof.add(cls.__name__.lstrip("_"), "forward", t0, _profile.time.perf_counter(),
+                     *_cost(cls, raw, out))
         outs = out if isinstance(out, tuple) else (out,)
         wrapped = []
         for i, o in enumerate(outs):
@@ -185,7 +194,13 @@ def backward(roots, grads):
         if all(o is None for o in outs):
             continue
         outs = [np.zeros(0) if o is None else o for o in outs]
-        in_grads = node.fn.backward(node, *outs)
+        prof = _profile._active
+        if prof is None:
+            in_grads = node.fn.backward(node, *outs)
+        else:
+            t0 = _profile.time.perf_counter()
+            in_grads = node.fn.backward(node, *outs)
+            prof.add(node.fn.__name__.lstrip("_"), "backward", t0, _profile.time.perf_counter())
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         if len(in_grads) != len(node.inputs):
@@ -197,6 +212,12 @@ def backward(roots, grads):
         node.saved_tensors = ()
         node.inputs = ()
         node.__dict__.clear()
+
+
+def _cost(cls, raw, out):
+    """(flops, bytes) of a forward call, where a Function declares ``cost``."""
+    f = getattr(cls, "cost", None)
+    return f(raw, out) if f is not None else (0, 0)
 
 
 class Add(Function):

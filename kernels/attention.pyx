@@ -74,22 +74,27 @@ cdef int _fwd_head(const float* q, const float* k, const float* v, int T, int H,
 
 def forward(const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
             const float[:, :, :, ::1] v, const long[::1] lengths, float scale,
-            float[:, :, :, ::1] out, float[:, :, ::1] lse, int BQ, int BK, int nthreads):
+            float[:, :, :, ::1] out, float[:, :, ::1] lse, int BQ, int BK, bint skipq,
+            int nthreads):
+    # skipq: query rows t >= L are not computed (out 0, lse -inf)
     cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
     cdef Py_ssize_t bh, t, d
-    cdef int b, h, L, err = 0
+    cdef int b, h, L, Tq, err = 0
     for bh in prange(B * H, nogil=True, num_threads=nthreads, schedule="dynamic"):
         b = bh // H
         h = bh - b * H
         L = lengths[b]
+        Tq = L if skipq else T
         if L == 0:
-            for t in range(T):
-                lse[b, h, t] = -INFINITY
-                for d in range(D):
-                    out[b, t, h, d] = 0
-        elif _fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], T, H, D, L, h, scale,
-                       &out[b, 0, 0, 0], &lse[b, h, 0], BQ, BK) != 0:
-            err = 1
+            Tq = 0
+        for t in range(Tq, T):
+            lse[b, h, t] = -INFINITY
+            for d in range(D):
+                out[b, t, h, d] = 0
+        if Tq > 0:
+            if _fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], Tq, H, D, L, h, scale,
+                         &out[b, 0, 0, 0], &lse[b, h, 0], BQ, BK) != 0:
+                err = 1
     if err:
         raise MemoryError()
 
@@ -160,7 +165,7 @@ def backward(const float[:, :, :, ::1] dout, const float[:, :, :, ::1] q,
              const float[:, :, :, ::1] k, const float[:, :, :, ::1] v,
              const float[:, :, :, ::1] out, const float[:, :, ::1] lse, const long[::1] lengths,
              float scale, float[:, :, :, ::1] dq, float[:, :, :, ::1] dk, float[:, :, :, ::1] dv,
-             int BQ, int BK, int nthreads):
+             int BQ, int BK, bint skipq, int nthreads):
     cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
     cdef Py_ssize_t bh
     cdef int b, h, L, err = 0
@@ -170,7 +175,7 @@ def backward(const float[:, :, :, ::1] dout, const float[:, :, :, ::1] q,
         L = lengths[b]
         if L > 0:
             if _bwd_head(&dout[b, 0, 0, 0], &q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0],
-                         &out[b, 0, 0, 0], &lse[b, h, 0], T, H, D, L, h, scale,
+                         &out[b, 0, 0, 0], &lse[b, h, 0], L if skipq else T, H, D, L, h, scale,
                          &dq[b, 0, 0, 0], &dk[b, 0, 0, 0], &dv[b, 0, 0, 0], BQ, BK) != 0:
                 err = 1
     if err:

@@ -284,3 +284,43 @@ def test_layernorm_write_mode(rng, backend):
                                  np.zeros_like(b))
     np.testing.assert_array_equal(da, da0)
     np.testing.assert_array_equal(dr, dr0)
+
+
+@pytest.mark.parametrize("backend", [b for b in kernels.available()["conv1d"] if b != "cython"])
+@pytest.mark.parametrize("B,T,Ci,Co,K,lengths", [(3, 40, 16, 24, 9, [40, 17, 0]),
+                                                 (2, 9, 32, 8, 1, [9, 1]),
+                                                 (2, 3, 5, 7, 9, [3, 2])])
+def test_conv1d_lengths(rng, backend, B, T, Ci, Co, K, lengths):
+    """Rows past each length: read as 0, written as 0, never computed (reference: full conv of
+    the zero-masked input, output masked)."""
+    ref, k = kernels.get("conv1d", "reference"), kernels.get("conv1d", backend)
+    L = np.array(lengths)
+    x, w, b = r32(rng, B, T, Ci), r32(rng, Co, Ci, K), r32(rng, Co)
+    y_r = ref.forward(x, w, b, None, L)
+    y = k.forward(x, w, b, None, L)
+    assert_close(y, y_r, RED, "y")
+    assert not y[np.arange(T)[None, :] >= L[:, None]].any()
+    dy = r32(rng, *y.shape)
+    rb = [np.zeros_like(t) for t in (x, w, b)]
+    ref.backward(dy, x, w, None, *rb, lengths=L)
+    bufs = [np.zeros_like(t) for t in (x, w, b)]
+    once, two = twice(lambda: k.backward(dy, x, w, None, *bufs, lengths=L), bufs)
+    check_grads(rb, once, two, RED, "conv1d lengths")
+
+
+@backends_of("attention")
+def test_attention_skip_padded_queries(rng, backend):
+    ref, k = kernels.get("attention", "reference"), kernels.get("attention", backend)
+    B, T, H, D = 3, 150, 2, 16
+    q, kk, v, dout = (r32(rng, B, T, H, D) for _ in range(4))
+    L = np.array([150, 61, 0])
+    o_r, lse_r = ref.forward(q, kk, v, L, None, True)
+    o, lse = k.forward(q, kk, v, L, None, True)
+    assert_close(o, o_r, RED, "out")
+    np.testing.assert_array_equal(np.isfinite(lse), np.isfinite(lse_r))
+    assert not o[1, 61:].any() and not o[2].any()
+    rb = [np.zeros_like(q) for _ in range(3)]
+    ref.backward(dout, q, kk, v, o_r, lse_r, L, None, *rb, True)
+    bufs = [np.zeros_like(q) for _ in range(3)]
+    once, two = twice(lambda: k.backward(dout, q, kk, v, o, lse, L, None, *bufs, True), bufs)
+    check_grads(rb, once, two, RED, "attention skip", floor=1.0)

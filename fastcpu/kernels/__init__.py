@@ -51,10 +51,17 @@ def get(name: str, backend: str = "auto") -> SimpleNamespace:
     """The functions of kernel ``name`` for ``backend`` ("reference" | "numba" | "cython" | "auto").
 
     ``auto`` takes the module's measured choice (``AUTO``, with the command that measured it in the
-    module); if that is the Cython build and it is missing, it takes Numba — unless
+    module; a dict there chooses per function); if that is the Cython build and it is missing, it
+    takes Numba — unless
     ``FASTCPU_REQUIRE_CYTHON=1``, where a missing build is an error.
     """
     mod = _module(name)
+    if backend == "auto" and isinstance(mod.AUTO, dict):      # per-function choices
+        parts = {fn: get(name, be) for fn, be in mod.AUTO.items()}
+        ns = SimpleNamespace(**{fn: getattr(p, fn) for fn, p in parts.items()})
+        ns.name, ns.backend = name, "auto(" + ", ".join(f"{f}={p.backend}" for f, p in
+                                                        parts.items()) + ")"
+        return ns
     if backend == "auto":
         backend = mod.AUTO
         if backend == "cython" and not _has(name, "cython"):

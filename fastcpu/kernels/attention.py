@@ -17,6 +17,10 @@ would give NaN there). Only the O(T) lse is kept for backward, never the T x T m
 backends walk (BQ x BK) tiles with an online softmax and recompute the tiles in backward. They run
 one (batch, head) pair per thread, with BLAS single-threaded inside (runtime.blas_single), and
 skip padding keys entirely. Backward accumulates (+=) into dq, dk, dv.
+
+``skip_padded_queries=True`` also skips query rows t >= L: their output is 0 and their lse -inf
+(no gradient flows through them). FastSpeech2 zeroes those rows right after attention, so inside
+its blocks this is exact and saves the padding share of the work.
 """
 from __future__ import annotations
 
@@ -60,7 +64,11 @@ def _scores_reference(q, k, lengths, scale):
     return np.where(pad[:, None, None, :], -np.inf, s).astype(q.dtype)
 
 
-def forward_reference(q, k, v, lengths, scale=None):
+def _query_mask(q, lengths):
+    return (np.arange(q.shape[1])[None, :] < lengths[:, None])        # (B, T) True = real row
+
+
+def forward_reference(q, k, v, lengths, scale=None, skip_padded_queries=False):
     lengths = _check(q, k, v, lengths)
     scale = _scale(q, scale)
     s = _scores_reference(q, k, lengths, scale)
@@ -72,13 +80,20 @@ def forward_reference(q, k, v, lengths, scale=None):
     out = np.einsum("bhts,bshd->bthd", p, v).astype(q.dtype)
     with np.errstate(divide="ignore"):
         lse = np.where(l_[..., 0] > 0, m[..., 0] + np.log(l_[..., 0]), -np.inf).astype(q.dtype)
+    if skip_padded_queries:
+        qm = _query_mask(q, lengths)
+        out = np.where(qm[:, :, None, None], out, 0).astype(q.dtype)
+        lse = np.where(qm[:, None, :], lse, -np.inf).astype(q.dtype)
     return out, lse
 
 
-def backward_reference(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+def backward_reference(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv,
+                       skip_padded_queries=False):
     lengths = _check(q, k, v, lengths)
     scale = _scale(q, scale)
     s = _scores_reference(q, k, lengths, scale)
+    if skip_padded_queries:        # padded query rows carry no gradient
+        dout = np.where(_query_mask(q, lengths)[:, :, None, None], dout, 0).astype(dout.dtype)
     finite = np.isfinite(lse)[..., None]
     p = np.where(finite, np.exp(s - np.where(finite, lse[..., None], 0)), 0)
     dv += np.einsum("bhts,bthd->bshd", p, dout)
@@ -92,9 +107,8 @@ def backward_reference(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
 # ----------------------------------------------------------------------------- Numba
 
 @nb.njit(**PJIT)
-def _fwd_nb(q, k, v, lengths, scale, out, lse):
+def _fwd_nb(q, k, v, lengths, scale, skipq, out, lse):
     B, T, H, D = q.shape
-    nqb = (T + NB_BQ - 1) // NB_BQ
     for bh in nb.prange(B * H):
         b = bh // H
         h = bh - b * H
@@ -105,12 +119,18 @@ def _fwd_nb(q, k, v, lengths, scale, out, lse):
                 for d in range(D):
                     out[b, t, h, d] = 0
             continue
+        Tq = L if skipq else T
+        nqb = (Tq + NB_BQ - 1) // NB_BQ
+        for t in range(Tq, T):
+            lse[b, h, t] = -np.inf
+            for d in range(D):
+                out[b, t, h, d] = 0
         nkb = (L + BK - 1) // BK
         # gather this head into tiles: Qt (nqb, NB_BQ, D), Kt/Vt (nkb, BK, D); tails zero
         Qt = np.zeros((nqb, NB_BQ, D), np.float32)
         Kt = np.zeros((nkb, BK, D), np.float32)
         Vt = np.zeros((nkb, BK, D), np.float32)
-        for t in range(T):
+        for t in range(Tq):
             for d in range(D):
                 Qt[t // NB_BQ, t % NB_BQ, d] = q[b, t, h, d]
         for t in range(L):
@@ -146,7 +166,7 @@ def _fwd_nb(q, k, v, lengths, scale, out, lse):
                     for d in range(D):
                         acc[r, d] *= corr
                 acc += np.dot(S, Vt[j])
-            for r in range(min(NB_BQ, T - i * NB_BQ)):
+            for r in range(min(NB_BQ, Tq - i * NB_BQ)):
                 t = i * NB_BQ + r
                 inv = np.float32(1.0) / lrow[r]
                 for d in range(D):
@@ -155,15 +175,16 @@ def _fwd_nb(q, k, v, lengths, scale, out, lse):
 
 
 @nb.njit(**PJIT)
-def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, skipq, dq, dk, dv):
     B, T, H, D = q.shape
-    nqb = (T + NB_BQ - 1) // NB_BQ
     for bh in nb.prange(B * H):
         b = bh // H
         h = bh - b * H
         L = lengths[b]
         if L == 0:
             continue
+        Tq = L if skipq else T
+        nqb = (Tq + NB_BQ - 1) // NB_BQ
         nkb = (L + BK - 1) // BK
         Qt = np.zeros((nqb, NB_BQ, D), np.float32)
         dOt = np.zeros((nqb, NB_BQ, D), np.float32)
@@ -173,7 +194,7 @@ def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
         dVt = np.zeros((nkb, BK, D), np.float32)
         Di = np.zeros((nqb, NB_BQ), np.float32)
         Lq = np.zeros((nqb, NB_BQ), np.float32)
-        for t in range(T):
+        for t in range(Tq):
             s = np.float32(0.0)
             for d in range(D):
                 Qt[t // NB_BQ, t % NB_BQ, d] = q[b, t, h, d]
@@ -186,7 +207,7 @@ def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
                 Kt[t // BK, t % BK, d] = k[b, t, h, d]
                 Vt[t // BK, t % BK, d] = v[b, t, h, d]
         for i in range(nqb):
-            nq = min(NB_BQ, T - i * NB_BQ)
+            nq = min(NB_BQ, Tq - i * NB_BQ)
             dQi = np.zeros((NB_BQ, D), np.float32)
             for j in range(nkb):
                 nk = min(BK, L - j * BK)
@@ -219,7 +240,7 @@ def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
                 dv[b, t, h, d] += dVt[t // BK, t % BK, d]
 
 
-def forward_numba(q, k, v, lengths, scale=None):
+def forward_numba(q, k, v, lengths, scale=None, skip_padded_queries=False):
     from fastcpu import runtime
     lengths = _check(q, k, v, lengths)
     B, T, H, D = q.shape
@@ -227,17 +248,19 @@ def forward_numba(q, k, v, lengths, scale=None):
     lse = np.empty((B, H, T), np.float32)
     if out.size:
         with runtime.blas_single():
-            _fwd_nb(q, k, v, lengths, np.float32(_scale(q, scale)), out, lse)
+            _fwd_nb(q, k, v, lengths, np.float32(_scale(q, scale)), bool(skip_padded_queries),
+                    out, lse)
     return out, lse
 
 
-def backward_numba(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+def backward_numba(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv,
+                   skip_padded_queries=False):
     from fastcpu import runtime
     lengths = _check(q, k, v, lengths)
     if q.size:
         with runtime.blas_single():
             _bwd_nb(np.ascontiguousarray(dout), q, k, v, out, lse, lengths,
-                    np.float32(_scale(q, scale)), dq, dk, dv)
+                    np.float32(_scale(q, scale)), bool(skip_padded_queries), dq, dk, dv)
 
 
 # ----------------------------------------------------------------------------- Cython binding
@@ -247,7 +270,7 @@ def _cython():
     from fastcpu.kernels import _cybuild
     cy = _cybuild.module("attention")
 
-    def forward(q, k, v, lengths, scale=None):
+    def forward(q, k, v, lengths, scale=None, skip_padded_queries=False):
         lengths = _check(q, k, v, lengths)
         B, T, H, D = q.shape
         out = np.empty_like(q)
@@ -255,15 +278,17 @@ def _cython():
         if out.size:
             with runtime.blas_single():
                 cy.forward(q, k, v, lengths, _scale(q, scale), out, lse, BQ, BK,
-                           runtime.num_threads())
+                           bool(skip_padded_queries), runtime.num_threads())
         return out, lse
 
-    def backward(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv):
+    def backward(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv,
+                 skip_padded_queries=False):
         lengths = _check(q, k, v, lengths)
         if q.size:
             with runtime.blas_single():
                 cy.backward(np.ascontiguousarray(dout), q, k, v, out, lse, lengths,
-                            _scale(q, scale), dq, dk, dv, BQ, BK, runtime.num_threads())
+                            _scale(q, scale), dq, dk, dv, BQ, BK, bool(skip_padded_queries),
+                            runtime.num_threads())
 
     return SimpleNamespace(forward=forward, backward=backward)
 

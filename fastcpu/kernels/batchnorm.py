@@ -66,19 +66,25 @@ def backward_reference(dout, x, w, mean, rstd, training, dx, dw, db):
 @nb.njit(**PJIT)
 def _colstats_nb(x, nchunk):
     # per-chunk column sums of x and x^2 (float64), summed in chunk order
+    # (row slices + range(len) loops: vectorisable; float32 rows summed into float64 partials)
     N, C = x.shape
     s1 = np.zeros((nchunk, C))
     for ch in nb.prange(nchunk):
+        acc = s1[ch]
         for i in range(ch * N // nchunk, (ch + 1) * N // nchunk):
+            xr = x[i]
             for c in range(C):
-                s1[ch, c] += x[i, c]
+                acc[c] += xr[c]
     mean = s1.sum(0) / N
+    m32 = mean.astype(np.float32)
     s2 = np.zeros((nchunk, C))
     for ch in nb.prange(nchunk):
+        acc = s2[ch]
         for i in range(ch * N // nchunk, (ch + 1) * N // nchunk):
+            xr = x[i]
             for c in range(C):
-                dd = x[i, c] - mean[c]
-                s2[ch, c] += dd * dd
+                dd = xr[c] - m32[c]
+                acc[c] += dd * dd
     return mean, s2.sum(0) / N
 
 
@@ -86,8 +92,9 @@ def _colstats_nb(x, nchunk):
 def _affine_nb(x, mean, scale, b, out):
     # out = (x - mean) * scale + b, scale = rstd * w
     for i in nb.prange(x.shape[0]):
-        for c in range(x.shape[1]):
-            out[i, c] = (x[i, c] - mean[c]) * scale[c] + b[c]
+        xr, orow = x[i], out[i]
+        for c in range(xr.shape[0]):
+            orow[c] = (xr[c] - mean[c]) * scale[c] + b[c]
 
 
 @nb.njit(**PJIT)
@@ -96,21 +103,25 @@ def _bwd_sums_nb(dout, x, mean, rstd, nchunk):
     sd = np.zeros((nchunk, C))
     sdx = np.zeros((nchunk, C))
     for ch in nb.prange(nchunk):
+        a1, a2 = sd[ch], sdx[ch]
         for i in range(ch * N // nchunk, (ch + 1) * N // nchunk):
+            dr, xr = dout[i], x[i]
             for c in range(C):
-                sd[ch, c] += dout[i, c]
-                sdx[ch, c] += dout[i, c] * (x[i, c] - mean[c]) * rstd[c]
+                a1[c] += dr[c]
+                a2[c] += dr[c] * (xr[c] - mean[c]) * rstd[c]
     return sd.sum(0), sdx.sum(0)
 
 
 @nb.njit(**PJIT)
 def _bwd_dx_nb(dout, x, mean, rstd, w, md, mdx, training, dx):
     for i in nb.prange(x.shape[0]):
-        for c in range(x.shape[1]):
-            g = dout[i, c]
-            if training:
-                g = g - md[c] - (x[i, c] - mean[c]) * rstd[c] * mdx[c]
-            dx[i, c] += g * w[c] * rstd[c]
+        dr, xr, dxr = dout[i], x[i], dx[i]
+        if training:
+            for c in range(xr.shape[0]):
+                dxr[c] += (dr[c] - md[c] - (xr[c] - mean[c]) * rstd[c] * mdx[c]) * w[c] * rstd[c]
+        else:
+            for c in range(xr.shape[0]):
+                dxr[c] += dr[c] * w[c] * rstd[c]
 
 
 def _nchunk(n):

@@ -12,6 +12,11 @@ Fast backends lower the conv to one GEMM through im2col: cols (B*To, K*Ci) with
 cols[b*To + t, k*Ci + c] = x[b, t + k - pad, c] and Wt (Co, K*Ci) = w.transpose(0, 2, 1), so
 y = cols @ Wt^T, dWt = dy^T @ cols and dcols = dy @ Wt (then col2im adds dcols back into dx).
 K=1 with no padding needs no im2col (cols is x). Backward accumulates (+=) into dx, dw, db.
+
+``lengths`` (B,), optional, for "same" convs (To == T): rows t >= lengths[b] are padding — read as
+zeros on input, written as zeros on output, their dy ignored — and never computed, so a ragged
+batch costs its real frames only (FastSpeech2 zeroes padded rows after every sub-layer anyway).
+Supported by the reference and Numba backends.
 """
 from __future__ import annotations
 
@@ -42,8 +47,21 @@ def _geometry(x, w, padding):
 
 # ----------------------------------------------------------------------------- reference (NumPy)
 
-def forward_reference(x, w, b=None, padding=None):
+def _valid(lengths, B, T, To):
+    L = np.asarray(lengths, dtype=np.int64)
+    if To != T:
+        raise ValueError(f"conv1d: lengths need a 'same' conv (output {To} frames != input {T})")
+    if L.shape != (B,) or (L < 0).any() or (L > T).any():
+        raise ValueError(f"conv1d: lengths must be {B} ints in [0, {T}], got {L}")
+    return np.arange(T)[None, :] < L[:, None]                    # (B, T) True = real frame
+
+
+def forward_reference(x, w, b=None, padding=None, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    if lengths is not None:
+        ok = _valid(lengths, B, T, To)[..., None]
+        return np.where(ok, forward_reference(np.where(ok, x, 0).astype(x.dtype), w, b,
+                                              padding), 0).astype(x.dtype)
     xp = np.zeros((B, T + 2 * pad, Ci), x.dtype)
     xp[:, pad:pad + T] = x
     y = np.zeros((B, To, Co), x.dtype)
@@ -54,8 +72,16 @@ def forward_reference(x, w, b=None, padding=None):
     return y
 
 
-def backward_reference(dy, x, w, padding, dx, dw, db):
+def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    if lengths is not None:
+        ok = _valid(lengths, B, T, To)[..., None]
+        dxf = None if dx is None else np.zeros_like(x)
+        backward_reference(np.where(ok, dy, 0).astype(dy.dtype), np.where(ok, x, 0).astype(
+            x.dtype), w, padding, dxf, dw, db)
+        if dx is not None:
+            dx += np.where(ok, dxf, 0)
+        return
     xp = np.zeros((B, T + 2 * pad, Ci), x.dtype)
     xp[:, pad:pad + T] = x
     dxp = np.zeros_like(xp)
@@ -100,6 +126,83 @@ def _col2im_nb(dcols, K, pad, To, dx):
             if 0 <= t < To:
                 for c in range(Ci):
                     dx[bi, s, c] += dcols[bi * To + t, k * Ci + c]
+
+
+@nb.njit(**PJIT)
+def _im2col_rows_nb(x, lengths, offsets, K, pad, cols):
+    # compact cols: row offsets[b] + t (t < L_b) holds x[b, t + k - pad, :] for 0 <= t+k-pad < L_b
+    B, T, Ci = x.shape
+    for r in nb.prange(cols.shape[0]):
+        bi = np.searchsorted(offsets, r, side="right") - 1
+        t = r - offsets[bi]
+        L = lengths[bi]
+        cr = cols[r]
+        for k in range(K):
+            s = t + k - pad
+            if 0 <= s < L:
+                xr = x[bi, s]
+                for c in range(Ci):
+                    cr[k * Ci + c] = xr[c]
+            else:
+                for c in range(Ci):
+                    cr[k * Ci + c] = 0
+
+
+@nb.njit(**PJIT)
+def _scatter_rows_nb(yc, lengths, offsets, b, has_b, y):
+    # y[b, t] = yc[offsets[b] + t] (+ bias) for t < L_b, 0 for the padding rows
+    B, T, Co = y.shape
+    for r in nb.prange(B * T):
+        bi = r // T
+        t = r - bi * T
+        yr = y[bi, t]
+        if t < lengths[bi]:
+            src = yc[offsets[bi] + t]
+            if has_b:
+                for o in range(Co):
+                    yr[o] = src[o] + b[o]
+            else:
+                for o in range(Co):
+                    yr[o] = src[o]
+        else:
+            for o in range(Co):
+                yr[o] = 0
+
+
+@nb.njit(**PJIT)
+def _gather_rows_nb(y, lengths, offsets, yc):
+    B, T, C = y.shape
+    for r in nb.prange(yc.shape[0]):
+        bi = np.searchsorted(offsets, r, side="right") - 1
+        src = y[bi, r - offsets[bi]]
+        dst = yc[r]
+        for c in range(C):
+            dst[c] = src[c]
+
+
+@nb.njit(**PJIT)
+def _col2im_rows_nb(dcols, lengths, offsets, K, pad, dx):
+    # dx[b, s] += sum_k dcols[offsets[b] + s - k + pad, k*Ci:(k+1)*Ci] over valid t = s - k + pad;
+    # rows s >= L_b receive nothing (padding input is a constant zero)
+    B, T, Ci = dx.shape
+    for r in nb.prange(B * T):
+        bi = r // T
+        s = r - bi * T
+        L = lengths[bi]
+        if s >= L:
+            continue
+        dr = dx[bi, s]
+        for k in range(K):
+            t = s - k + pad
+            if 0 <= t < L:
+                src = dcols[offsets[bi] + t]
+                for c in range(Ci):
+                    dr[c] += src[k * Ci + c]
+
+
+def _offsets(lengths):
+    L = np.asarray(lengths, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
 
 
 @nb.njit(**PJIT)
@@ -149,8 +252,53 @@ def _wt(w):
     return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(w.shape[0], -1)
 
 
-def forward_numba(x, w, b=None, padding=None):
+def _forward_rows_numba(x, w, b, pad, lengths):
+    B, T, Ci = x.shape
+    Co, _, K = w.shape
+    L = np.asarray(lengths, dtype=np.int64)
+    off = _offsets(L)
+    M = int(off[-1])
+    y = np.empty((B, T, Co), x.dtype)
+    cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
+    yc = scratch("conv1d.rows", (M, Co), x.dtype)
+    if M:
+        _im2col_rows_nb(x, L, off, K, pad, cols)
+        np.matmul(cols, _wt(w).T, out=yc)
+    if y.size:
+        _scatter_rows_nb(yc, L, off, b if b is not None else np.zeros(0, x.dtype), b is not None,
+                         y)
+    return y
+
+
+def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths):
+    B, T, Ci = x.shape
+    Co, _, K = w.shape
+    L = np.asarray(lengths, dtype=np.int64)
+    off = _offsets(L)
+    M = int(off[-1])
+    if M == 0:
+        return
+    dyc = scratch("conv1d.rows", (M, Co), x.dtype)
+    _gather_rows_nb(dy, L, off, dyc)
+    if db is not None:
+        _colsum_nb(dyc, db, max(1, min(64, M)))
+    cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
+    _im2col_rows_nb(x, L, off, K, pad, cols)
+    dwt = dyc.T @ cols
+    if K == 1:
+        dw.reshape(Co, Ci)[...] += dwt
+    else:
+        _dw_scatter_nb(dwt, dw)
+    if dx is not None:
+        dcols = np.matmul(dyc, _wt(w), out=cols)             # cols is consumed: reuse it
+        _col2im_rows_nb(dcols, L, off, K, pad, dx)
+
+
+def forward_numba(x, w, b=None, padding=None, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    if lengths is not None:
+        _valid(lengths, B, T, To)
+        return _forward_rows_numba(np.ascontiguousarray(x), w, b, pad, lengths)
     cols = _cols_numba(np.ascontiguousarray(x), K, pad, To)
     y = np.empty((B * To, Co), x.dtype)
     np.matmul(cols, _wt(w).T, out=y)
@@ -159,8 +307,12 @@ def forward_numba(x, w, b=None, padding=None):
     return y.reshape(B, To, Co)
 
 
-def backward_numba(dy, x, w, padding, dx, dw, db):
+def backward_numba(dy, x, w, padding, dx, dw, db, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    if lengths is not None:
+        _valid(lengths, B, T, To)
+        return _backward_rows_numba(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad,
+                                    dx, dw, db, lengths)
     dy2 = np.ascontiguousarray(dy).reshape(B * To, Co)
     if db is not None and dy2.shape[0]:
         _colsum_nb(dy2, db, max(1, min(64, dy2.shape[0])))
@@ -187,15 +339,19 @@ def _cython():
     from fastcpu.kernels import _cybuild
     cy = _cybuild.module("conv1d")
 
-    def forward(x, w, b=None, padding=None):
+    def forward(x, w, b=None, padding=None, lengths=None):
         B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+        if lengths is not None:
+            raise ValueError("conv1d: lengths are supported by the numba and reference backends")
         y = np.empty((B, To, Co), np.float32)
         cols = scratch("conv1d.cols", (B * To, K * Ci) if (K, pad) != (1, 0) else (0, 0))
         cy.forward(np.ascontiguousarray(x), _wt(w), b, pad, To, y, cols, runtime.num_threads())
         return y
 
-    def backward(dy, x, w, padding, dx, dw, db):
+    def backward(dy, x, w, padding, dx, dw, db, lengths=None):
         B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+        if lengths is not None:
+            raise ValueError("conv1d: lengths are supported by the numba and reference backends")
         dwt = np.zeros((Co, K * Ci), np.float32)
         cols = scratch("conv1d.cols", (B * To, K * Ci) if (K, pad) != (1, 0) else (0, 0))
         cy.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), _wt(w), pad, dx, dwt, db,

@@ -43,7 +43,11 @@ def _lengths(x):
 # ----------------------------------------------------------------------------- blocks
 
 class PositionwiseFeedForward(Module):
-    """LayerNorm(Dropout(Conv_k1(ReLU(Conv_k0(x)))) + x); no dropout between the convs."""
+    """LayerNorm(Dropout(Conv_k1(ReLU(Conv_k0(x)))) + x); no dropout between the convs.
+
+    With ``lengths`` the convs skip padded rows. Exact for the valid rows: the block's input is
+    zero at padded rows (masked by the previous sub-layer) and its output there is masked next.
+    """
 
     def __init__(self, d_in, d_hid, kernel_size, dropout):
         super().__init__()
@@ -52,8 +56,8 @@ class PositionwiseFeedForward(Module):
         self.layer_norm = LayerNorm(d_in)
         self.p = dropout
 
-    def forward(self, x):
-        y = self.w_2(F.relu(self.w_1(x)))
+    def forward(self, x, lengths=None):
+        y = self.w_2(F.relu(self.w_1(x, lengths)), lengths)
         return self.layer_norm.residual(y, x, self.p)
 
 
@@ -64,8 +68,10 @@ class FFTBlock(Module):
         self.pos_ffn = PositionwiseFeedForward(d_model, d_inner, kernel_size, dropout)
 
     def forward(self, x, lengths):
-        x = F.mask_rows(self.slf_attn(x, lengths), lengths)     # padded query rows -> 0
-        return F.mask_rows(self.pos_ffn(x), lengths)
+        # padded rows are zeroed after each sub-layer (the reference's masked_fill), so neither
+        # attention nor the convs compute them
+        x = F.mask_rows(self.slf_attn(x, lengths, skip_padded_queries=True), lengths)
+        return F.mask_rows(self.pos_ffn(x, lengths), lengths)
 
 
 class Encoder(Module):

@@ -38,10 +38,11 @@ def linear(x, w, b=None):
 
 class _Conv1d(Function):
     @staticmethod
-    def forward(ctx, x, w, b, padding, backend):
+    def forward(ctx, x, w, b, padding, backend, lengths):
         ctx.save_for_backward(x, w)
         ctx.padding, ctx.backend, ctx.has_b = padding, backend, b is not None
-        return _k("conv1d", backend).forward(x, w, b, padding)
+        ctx.kw = {} if lengths is None else {"lengths": lengths}
+        return _k("conv1d", backend).forward(x, w, b, padding, **ctx.kw)
 
     @staticmethod
     def backward(ctx, dy):
@@ -49,12 +50,14 @@ class _Conv1d(Function):
         dx = ctx.grad_buffer(0) if ctx.needs_input_grad[0] else None
         dw = ctx.grad_buffer(1)
         db = ctx.grad_buffer(2) if ctx.has_b else None
-        _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, dx, dw, db)
+        _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, dx, dw, db, **ctx.kw)
         return dx, dw, db
 
 
-def conv1d(x, w, b=None, padding=None, backend=None):
-    return _Conv1d.apply(x, w, b, padding=padding, backend=backend)
+def conv1d(x, w, b=None, padding=None, backend=None, lengths=None):
+    """Channels-last conv; with ``lengths`` rows t >= lengths[b] are padding: read as 0, written
+    as 0, never computed."""
+    return _Conv1d.apply(x, w, b, padding=padding, backend=backend, lengths=lengths)
 
 
 class _LayerNorm(Function):
@@ -106,10 +109,10 @@ def residual_layer_norm(a, res, w, b, p=0.0, seed=0, eps=1e-5, backend=None):
 
 class _Attention(Function):
     @staticmethod
-    def forward(ctx, q, k, v, lengths, scale, backend):
-        out, lse = _k("attention", backend).forward(q, k, v, lengths, scale)
+    def forward(ctx, q, k, v, lengths, scale, backend, skip):
+        out, lse = _k("attention", backend).forward(q, k, v, lengths, scale, skip)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.lengths, ctx.scale, ctx.backend = lengths, scale, backend
+        ctx.lengths, ctx.scale, ctx.backend, ctx.skip = lengths, scale, backend, skip
         return out
 
     @staticmethod
@@ -117,13 +120,14 @@ class _Attention(Function):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = ctx.grad_buffer(0), ctx.grad_buffer(1), ctx.grad_buffer(2)
         _k("attention", ctx.backend).backward(dout, q, k, v, out, lse, ctx.lengths, ctx.scale,
-                                              dq, dk, dv)
+                                              dq, dk, dv, ctx.skip)
         return dq, dk, dv
 
 
-def attention(q, k, v, lengths, scale=None, backend=None):
+def attention(q, k, v, lengths, scale=None, backend=None, skip_padded_queries=False):
     """q, k, v (B, T, H, D) Tensors, key-padding ``lengths`` (B,) -> (B, T, H, D)."""
-    return _Attention.apply(q, k, v, lengths=lengths, scale=scale, backend=backend)
+    return _Attention.apply(q, k, v, lengths=lengths, scale=scale, backend=backend,
+                            skip=skip_padded_queries)
 
 
 class _Reshape(Function):

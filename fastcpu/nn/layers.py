@@ -42,8 +42,8 @@ class Conv1d(Module):
         self.bias = Parameter(init.uniform_(np.empty(out_channels, np.float32),
                                             1 / math.sqrt(fan_in))) if bias else None
 
-    def forward(self, x):
-        return F.conv1d(x, self.weight, self.bias, self.padding, self.backend)
+    def forward(self, x, lengths=None):
+        return F.conv1d(x, self.weight, self.bias, self.padding, self.backend, lengths)
 
 
 class LayerNorm(Module):
@@ -113,7 +113,9 @@ class MultiHeadAttention(Module):
     """FastSpeech2's post-norm self-attention: LayerNorm(Dropout(fc(attn(x))) + x).
 
     Sub-module names and order are the reference's (w_qs, w_ks, w_vs, layer_norm, fc); no dropout
-    on the attention probabilities; key padding by ``lengths``.
+    on the attention probabilities; key padding by ``lengths``. ``skip_padded_queries=True``
+    leaves padded rows' attention at 0 instead of computing it (for callers that zero those rows
+    afterwards, as FastSpeech2's blocks do).
     """
 
     def __init__(self, n_head, d_model, d_k=None, dropout=0.1, backend=None):
@@ -126,12 +128,12 @@ class MultiHeadAttention(Module):
         self.layer_norm = LayerNorm(d_model)
         self.fc = Linear(n_head * d_k, d_model)
 
-    def forward(self, x, lengths):
+    def forward(self, x, lengths, skip_padded_queries=False):
         B, T, _ = x.shape
         H, D = self.n_head, self.d_k
         q = F.reshape(self.w_qs(x), (B, T, H, D))
         k = F.reshape(self.w_ks(x), (B, T, H, D))
         v = F.reshape(self.w_vs(x), (B, T, H, D))
-        o = F.attention(q, k, v, lengths, 1.0 / math.sqrt(D), self.backend)
+        o = F.attention(q, k, v, lengths, 1.0 / math.sqrt(D), self.backend, skip_padded_queries)
         o = self.fc(F.reshape(o, (B, T, H * D)))
         return self.layer_norm.residual(o, x, self.p)
