@@ -52,6 +52,42 @@ def num_threads() -> int:
     return n
 
 
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def _mallopt(param, value) -> bool:
+    try:
+        import ctypes
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
+    except (OSError, AttributeError):
+        return False          # not glibc: nothing to tune
+
+
+@contextlib.contextmanager
+def keep_memory():
+    """Keep freed memory in the process heap instead of returning it to the OS.
+
+    A training step allocates gigabytes of activations; with glibc's defaults each large array is
+    a fresh mmap that page-faults on first touch every step (measured: ~1.5 s of a 9 s
+    FastSpeech2 step on this VM). Inside this context malloc serves everything from the heap and
+    reuses it. Peak RSS is unchanged (it is the step's peak either way); the memory is handed back
+    on exit.
+    """
+    ok = _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, 1 << 40)
+    try:
+        yield ok
+    finally:
+        if ok:
+            _mallopt(_M_MMAP_MAX, 65536)
+            _mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+            try:
+                import ctypes
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):
+                pass
+
+
 @contextlib.contextmanager
 def threads(n: int | None = None):
     """Use ``n`` threads for BLAS, Numba and Cython kernels; restore the previous counts on exit.
@@ -126,6 +162,7 @@ def info() -> dict:
         "cython": cython_available(),
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                          if os.environ.get(k)},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: spinning)"),
     }
 
 
@@ -137,6 +174,7 @@ def format_info(d: dict | None = None) -> str:
     for p in d["threadpools"]:
         lines.append(f"{p['user_api']}: {p['internal_api']} {p['version']} "
                      f"kernel={p['architecture']} threads={p['num_threads']}")
+    lines.append(f"OMP_WAIT_POLICY={d['omp_wait_policy']}")
     bad = {k: v for k, v in d["cython"].items() if v != "ok"}
     lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}"))
     if d["openblas_env"]:

@@ -1,5 +1,5 @@
-"""PyTorch implementations of the reference (ming024/FastSpeech2) building blocks, written from
-../shared/reference/fastspeech2.md, used only as the oracle in parity tests."""
+"""PyTorch implementations of the reference (ming024/FastSpeech2) building blocks and model, written from
+../shared/reference/fastspeech2.md: the oracle of the parity tests and the PyTorch side of the benchmarks."""
 import torch
 from torch import nn
 
