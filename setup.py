@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 HERE = Path(__file__).parent
 # The safe subset of -ffast-math: lets GCC vectorise float reductions and sqrt, keeps inf/NaN
 # semantics (no -ffinite-math-only: -inf masking and NaN checks must keep working).
-FLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fassociative-math",
+FLAGS = ["-O3", "-fno-wrapv", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fassociative-math",
          "-fno-signed-zeros", "-fno-trapping-math"]
 if os.environ.get("FASTCPU_PORTABLE") != "1":
     FLAGS.append("-march=native")
@@ -28,7 +28,7 @@ def ext(name):
         define_macros=[("FASTCPU_SRC_HASH", f'"{digest}"'),
                        ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=FLAGS,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp", "-lmvec"],
     )
 
 

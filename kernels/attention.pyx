@@ -3,7 +3,10 @@
 # SGEMM on (BQ x BK) tiles with BLAS single-threaded (the caller holds runtime.blas_single()).
 # Maths and layout: fastcpu/kernels/attention.py header. q, k, v, out (B, T, H, D); lse (B, H, T)
 from cython.parallel cimport prange
-from libc.math cimport expf, logf, INFINITY
+from libc.math cimport logf, INFINITY
+
+cdef extern from "fastcpu_simd.h" nogil:
+    float expf(float)     # with a libmvec simd clone: vectorised in the softmax loops
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset
 from blas cimport gemm_rm

@@ -118,3 +118,25 @@ def test_import_compiles_nothing_and_cache_is_reused(tmp_path):
     first, second = (tuple(map(int, r.stdout.split())) for r in runs)
     assert first == (1, 0, 1)        # one signature, compiled (cache miss) in the first process
     assert second == (1, 1, 0)       # loaded from the cache in the second
+
+
+def test_keep_memory_context_round_trips():
+    import numpy as np
+    with runtime.keep_memory() as ok:
+        a = np.ones(50_000_000 // 4, np.float32)     # 50 MB from the heap, not a fresh mmap
+        assert a.sum() == a.size
+        del a
+    assert ok in (True, False)                      # False only off glibc
+
+
+def test_omp_wait_policy_default_is_set_before_openmp_loads():
+    r = subprocess.run([sys.executable, "-c", "import os; import fastcpu; "
+                        "print(os.environ['OMP_WAIT_POLICY'])"],
+                       env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "PASSIVE"
+    r = subprocess.run([sys.executable, "-c", "import os; import fastcpu; "
+                        "print(os.environ['OMP_WAIT_POLICY'])"],
+                       env=dict(os.environ, OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.strip() == "ACTIVE"                # an explicit setting wins
