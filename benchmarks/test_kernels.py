@@ -25,12 +25,9 @@ def r32(*shape, scale=1.0):
 
 
 def backends(op):
-    return pytest.mark.parametrize("impl", kernels.available()[op] + ["torch"])
-
-
-def skip_slow_reference(impl):
-    if impl == "reference":
-        pytest.skip("the NumPy reference is the spec, not a contender (tests time it implicitly)")
+    """The fast backends and PyTorch (the NumPy reference is the spec, not a contender)."""
+    return pytest.mark.parametrize("impl", [b for b in kernels.available()[op]
+                                            if b != "reference"] + ["torch"])
 
 
 # --------------------------------------------------------------------------- attention
@@ -41,7 +38,6 @@ LENGTHS[0] = T
 @pytest.mark.benchmark(group="attention B16 H2 D128 T400 ragged")
 @backends("attention")
 def test_attention(benchmark, impl):
-    skip_slow_reference(impl)
     q, k, v, do = (r32(B, T, H, D) for _ in range(4))
     if impl == "torch":
         tq, tk, tv = (torch.tensor(a).transpose(1, 2).requires_grad_() for a in (q, k, v))
@@ -66,7 +62,6 @@ def test_attention(benchmark, impl):
 @pytest.mark.parametrize("shape", ["256-1024-k9", "1024-256-k1"])
 @backends("conv1d")
 def test_conv1d(benchmark, impl, shape):
-    skip_slow_reference(impl)
     Ci, Co, K = {"256-1024-k9": (256, 1024, 9), "1024-256-k1": (1024, 256, 1)}[shape]
     benchmark.group = f"conv1d {shape} B16 T400"
     x, dy = r32(B, T, Ci), r32(B, T, Co)
@@ -93,7 +88,6 @@ def test_conv1d(benchmark, impl, shape):
 @pytest.mark.benchmark(group="layernorm 256 B16 T400")
 @backends("layernorm")
 def test_layernorm(benchmark, impl):
-    skip_slow_reference(impl)
     x, do, w, b = r32(B, T, C), r32(B, T, C), r32(C), r32(C)
     if impl == "torch":
         tx, tw, tb = (torch.tensor(a).requires_grad_() for a in (x, w, b))
@@ -114,7 +108,6 @@ def test_layernorm(benchmark, impl):
 @pytest.mark.benchmark(group="dropout(0.2)+residual+layernorm B16 T400 C256")
 @backends("layernorm")
 def test_residual_layernorm(benchmark, impl):
-    skip_slow_reference(impl)
     a, res, do, w, b = r32(B, T, C), r32(B, T, C), r32(B, T, C), r32(C), r32(C)
     if impl == "torch":
         ta, tr, tw, tb = (torch.tensor(x).requires_grad_() for x in (a, res, w, b))
@@ -154,7 +147,6 @@ def test_copy_bandwidth(benchmark):
 @pytest.mark.benchmark(group="clip+Adam 34.6M params")
 @backends("adam")
 def test_clip_adam(benchmark, impl):
-    skip_slow_reference(impl)
     if impl == "torch":
         from benchmarks.shapes import REFERENCE_TRAINABLE_SHAPES
         ps = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in REFERENCE_TRAINABLE_SHAPES]

@@ -324,3 +324,28 @@ def test_attention_skip_padded_queries(rng, backend):
     bufs = [np.zeros_like(q) for _ in range(3)]
     once, two = twice(lambda: k.backward(dout, q, kk, v, o, lse, L, None, *bufs, True), bufs)
     check_grads(rb, once, two, RED, "attention skip", floor=1.0)
+
+
+def test_linear_new_dx_equals_accumulated(rng):
+    k = kernels.get("linear")
+    x, w, dy = r32(rng, 3, 50, 64), r32(rng, 32, 64), r32(rng, 3, 50, 32)
+    acc = np.zeros_like(x)
+    dw1, db1, dw2, db2 = (np.zeros(s, np.float32) for s in ((32, 64), 32, (32, 64), 32))
+    k.backward(dy, x, w, acc, dw1, db1)
+    fresh = k.backward(dy, x, w, "new", dw2, db2)
+    assert_close(fresh, acc, 1e-6, "dx")
+    assert_close(db2, dy.reshape(-1, 32).sum(0), 1e-5, "db")
+
+
+@pytest.mark.parametrize("backend,K,lengths", [
+    (be, K, L) for be in kernels.available()["conv1d"]
+    for K, L in [(9, None), (1, None), (5, [30, 11]), (1, [30, 0])]
+    if L is None or be != "cython"])                # lengths: reference and numba only
+def test_conv1d_new_dx_equals_accumulated(rng, backend, K, lengths):
+    k = kernels.get("conv1d", backend)
+    kw = {} if lengths is None else {"lengths": np.array(lengths)}
+    x, w, b, dy = r32(rng, 2, 30, 24), r32(rng, 16, 24, K), r32(rng, 16), r32(rng, 2, 30, 16)
+    acc = np.zeros_like(x)
+    k.backward(dy, x, w, None, acc, np.zeros_like(w), np.zeros_like(b), **kw)
+    fresh = k.backward(dy, x, w, None, "new", np.zeros_like(w), np.zeros_like(b), **kw)
+    assert_close(fresh, acc, 1e-6, "dx")

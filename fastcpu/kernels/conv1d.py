@@ -17,6 +17,9 @@ K=1 with no padding needs no im2col (cols is x). Backward accumulates (+=) into 
 zeros on input, written as zeros on output, their dy ignored — and never computed, so a ragged
 batch costs its real frames only (FastSpeech2 zeroes padded rows after every sub-layer anyway).
 Supported by the reference and Numba backends.
+
+``dx="new"`` makes backward write (and return) a fresh dx instead of accumulating into one, which
+saves a zero fill and a read pass; ``dx=None`` skips the input gradient.
 """
 from __future__ import annotations
 
@@ -72,7 +75,16 @@ def forward_reference(x, w, b=None, padding=None, lengths=None):
     return y
 
 
+def _new_dx(dx, x):
+    if isinstance(dx, str):
+        if dx != "new":
+            raise ValueError(f"conv1d backward: dx must be an array, None or 'new', got {dx!r}")
+        return np.zeros_like(x), True
+    return dx, False
+
+
 def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
+    dx, _ = _new_dx(dx, x)
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
     if lengths is not None:
         ok = _valid(lengths, B, T, To)[..., None]
@@ -81,7 +93,7 @@ def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
             x.dtype), w, padding, dxf, dw, db)
         if dx is not None:
             dx += np.where(ok, dxf, 0)
-        return
+        return dx
     xp = np.zeros((B, T + 2 * pad, Ci), x.dtype)
     xp[:, pad:pad + T] = x
     dxp = np.zeros_like(xp)
@@ -93,6 +105,7 @@ def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
         dx += dxp[:, pad:pad + T]
     if db is not None:
         db += dy2.sum(0)
+    return dx
 
 
 # ----------------------------------------------------------------------------- Numba
@@ -115,17 +128,22 @@ def _im2col_nb(x, K, pad, To, cols):
 
 
 @nb.njit(**PJIT)
-def _col2im_nb(dcols, K, pad, To, dx):
-    # dx[b, s, c] += sum_k dcols[b*To + s - k + pad, k*Ci + c]; parallel over rows of dx we write
+def _col2im_nb(dcols, K, pad, To, dx, acc):
+    # dx[b, s, c] (+)= sum_k dcols[b*To + s - k + pad, k*Ci + c]; parallel over rows of dx
     B, T, Ci = dx.shape
     for r in nb.prange(B * T):
         bi = r // T
         s = r - bi * T
+        dr = dx[bi, s]
+        if not acc:
+            for c in range(Ci):
+                dr[c] = 0
         for k in range(K):
             t = s - k + pad
             if 0 <= t < To:
+                src = dcols[bi * To + t]
                 for c in range(Ci):
-                    dx[bi, s, c] += dcols[bi * To + t, k * Ci + c]
+                    dr[c] += src[k * Ci + c]
 
 
 @nb.njit(**PJIT)
@@ -181,17 +199,20 @@ def _gather_rows_nb(y, lengths, offsets, yc):
 
 
 @nb.njit(**PJIT)
-def _col2im_rows_nb(dcols, lengths, offsets, K, pad, dx):
-    # dx[b, s] += sum_k dcols[offsets[b] + s - k + pad, k*Ci:(k+1)*Ci] over valid t = s - k + pad;
+def _col2im_rows_nb(dcols, lengths, offsets, K, pad, dx, acc):
+    # dx[b, s] (+)= sum_k dcols[offsets[b] + s - k + pad, k*Ci:(k+1)*Ci] over valid t = s - k + pad;
     # rows s >= L_b receive nothing (padding input is a constant zero)
     B, T, Ci = dx.shape
     for r in nb.prange(B * T):
         bi = r // T
         s = r - bi * T
         L = lengths[bi]
+        dr = dx[bi, s]
+        if not acc:
+            for c in range(Ci):
+                dr[c] = 0
         if s >= L:
             continue
-        dr = dx[bi, s]
         for k in range(K):
             t = s - k + pad
             if 0 <= t < L:
@@ -270,13 +291,15 @@ def _forward_rows_numba(x, w, b, pad, lengths):
     return y
 
 
-def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths):
+def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths, acc=True):
     B, T, Ci = x.shape
     Co, _, K = w.shape
     L = np.asarray(lengths, dtype=np.int64)
     off = _offsets(L)
     M = int(off[-1])
     if M == 0:
+        if dx is not None and not acc:
+            dx[...] = 0
         return
     dyc = scratch("conv1d.rows", (M, Co), x.dtype)
     _gather_rows_nb(dy, L, off, dyc)
@@ -291,7 +314,7 @@ def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths):
         _dw_scatter_nb(dwt, dw)
     if dx is not None:
         dcols = np.matmul(dyc, _wt(w), out=cols)             # cols is consumed: reuse it
-        _col2im_rows_nb(dcols, L, off, K, pad, dx)
+        _col2im_rows_nb(dcols, L, off, K, pad, dx, acc)
 
 
 def forward_numba(x, w, b=None, padding=None, lengths=None):
@@ -309,14 +332,26 @@ def forward_numba(x, w, b=None, padding=None, lengths=None):
 
 def backward_numba(dy, x, w, padding, dx, dw, db, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    acc = not isinstance(dx, str)
+    if not acc:
+        _new_dx(dx, x)
+        dx = np.empty_like(x)
     if lengths is not None:
         _valid(lengths, B, T, To)
-        return _backward_rows_numba(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad,
-                                    dx, dw, db, lengths)
+        _backward_rows_numba(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad, dx, dw,
+                             db, lengths, acc)
+        return dx
+    _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To)
+    return dx
+
+
+def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To):
     dy2 = np.ascontiguousarray(dy).reshape(B * To, Co)
     if db is not None and dy2.shape[0]:
         _colsum_nb(dy2, db, max(1, min(64, dy2.shape[0])))
     if dy2.shape[0] == 0:
+        if dx is not None and not acc:
+            dx[...] = 0
         return
     cols = _cols_numba(np.ascontiguousarray(x), K, pad, To)
     dwt = dy2.T @ cols                                   # (Co, K*Ci)
@@ -326,10 +361,13 @@ def backward_numba(dy, x, w, padding, dx, dw, db, lengths=None):
         _dw_scatter_nb(dwt, dw)
     if dx is not None:
         if K == 1 and pad == 0:
-            dx.reshape(B * T, Ci)[...] += dy2 @ _wt(w)
+            if acc:
+                dx.reshape(B * T, Ci)[...] += dy2 @ _wt(w)
+            else:
+                np.matmul(dy2, _wt(w), out=dx.reshape(B * T, Ci))
         else:
             dcols = np.matmul(dy2, _wt(w), out=scratch("conv1d.cols", (B * To, K * Ci)))
-            _col2im_nb(dcols, K, pad, To, dx)
+            _col2im_nb(dcols, K, pad, To, dx, acc)
 
 
 # ----------------------------------------------------------------------------- Cython binding
@@ -352,6 +390,7 @@ def _cython():
         B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
         if lengths is not None:
             raise ValueError("conv1d: lengths are supported by the numba and reference backends")
+        dx, _ = _new_dx(dx, x)
         dwt = np.zeros((Co, K * Ci), np.float32)
         cols = scratch("conv1d.cols", (B * To, K * Ci) if (K, pad) != (1, 0) else (0, 0))
         cy.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), _wt(w), pad, dx, dwt, db,
@@ -360,6 +399,7 @@ def _cython():
             dw.reshape(Co, Ci)[...] += dwt
         else:
             _dw_scatter_nb(dwt, dw)
+        return dx
 
     return SimpleNamespace(forward=forward, backward=backward)
 

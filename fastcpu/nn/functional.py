@@ -25,10 +25,13 @@ class _Linear(Function):
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx = ctx.grad_buffer(0) if ctx.needs_input_grad[0] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = ctx.leaf_grad(0)
+            dx = "new" if dx is None else dx          # non-leaf input: write a fresh dx
         dw = ctx.grad_buffer(1)
         db = ctx.grad_buffer(2) if ctx.has_b else None
-        _k("linear").backward(dy, x, w, dx, dw, db)
+        dx = _k("linear").backward(dy, x, w, dx, dw, db)
         return dx, dw, db
 
 
@@ -47,10 +50,13 @@ class _Conv1d(Function):
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx = ctx.grad_buffer(0) if ctx.needs_input_grad[0] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = ctx.leaf_grad(0)
+            dx = "new" if dx is None else dx          # non-leaf input: write a fresh dx
         dw = ctx.grad_buffer(1)
         db = ctx.grad_buffer(2) if ctx.has_b else None
-        _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, dx, dw, db, **ctx.kw)
+        dx = _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, dx, dw, db, **ctx.kw)
         return dx, dw, db
 
 
