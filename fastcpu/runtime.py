@@ -163,6 +163,9 @@ def info() -> dict:
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                          if os.environ.get(k)},
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: spinning)"),
+        "openblas_thread_timeout": os.environ.get(
+            "OPENBLAS_THREAD_TIMEOUT", "(unset: spinning; numpy was imported before fastcpu)"
+            if __import__("fastcpu").NUMPY_LOADED_FIRST else "(unset: spinning)"),
     }
 
 
@@ -174,7 +177,8 @@ def format_info(d: dict | None = None) -> str:
     for p in d["threadpools"]:
         lines.append(f"{p['user_api']}: {p['internal_api']} {p['version']} "
                      f"kernel={p['architecture']} threads={p['num_threads']}")
-    lines.append(f"OMP_WAIT_POLICY={d['omp_wait_policy']}")
+    lines.append(f"OMP_WAIT_POLICY={d['omp_wait_policy']}  "
+                 f"OPENBLAS_THREAD_TIMEOUT={d['openblas_thread_timeout']}")
     bad = {k: v for k, v in d["cython"].items() if v != "ok"}
     lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}"))
     if d["openblas_env"]:

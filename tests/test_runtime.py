@@ -140,3 +140,16 @@ def test_omp_wait_policy_default_is_set_before_openmp_loads():
                        env=dict(os.environ, OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
                        text=True, timeout=60)
     assert r.stdout.strip() == "ACTIVE"                # an explicit setting wins
+    r = subprocess.run([sys.executable, "-c", "import os; import fastcpu, numpy; "
+                        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"],
+                       env={k: v for k, v in os.environ.items()
+                            if k != "OPENBLAS_THREAD_TIMEOUT"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "4"
+    r = subprocess.run([sys.executable, "-c", "import os, numpy; import fastcpu; "
+                        "from fastcpu import runtime; "
+                        "print(runtime.info()['openblas_thread_timeout'])"],
+                       env={k: v for k, v in os.environ.items()
+                            if k != "OPENBLAS_THREAD_TIMEOUT"},
+                       capture_output=True, text=True, timeout=60)
+    assert "numpy was imported before fastcpu" in r.stdout
