@@ -313,8 +313,14 @@ def _bench(args, cfg, batch) -> int:
         ours = FastcpuSide(cfg, torch_side.state(), batch)
         info = runtime.info()
         print(runtime.format_info(info))
-        print(f"torch {torch_side.torch.__version__}, "
-              f"{torch_side.torch.get_num_threads()} threads", flush=True)
+        tcfg = torch_side.torch.__config__
+        torch_info = {"version": torch_side.torch.__version__,
+                      "threads": torch_side.torch.get_num_threads(),
+                      "parallel_info": tcfg.parallel_info(), "config": tcfg.show()}
+        blas = [ln.strip(" -") for ln in torch_info["config"].splitlines()
+                if "Math Kernel Library Version" in ln or "Deep Neural Network Library" in ln]
+        print(f"torch {torch_info['version']}, {torch_info['threads']} threads; "
+              + "; ".join(blas), flush=True)
         peaks = gemm_peaks(args.threads)
         for _ in range(args.warmup):
             ours.step()
@@ -334,7 +340,7 @@ def _bench(args, cfg, batch) -> int:
     rec = _summarise(times, flops, peaks, rss)
     rec.update(batch=args.batch, phonemes=args.phonemes, threads=args.threads,
                real_frames=real, padded_frames=padded, runtime=info, fastcpu=__version__,
-               torch=torch_side.torch.__version__, gemm_peaks=peaks, step_flops=flops,
+               torch=torch_info, gemm_peaks=peaks, step_flops=flops,
                machine=platform.processor() or platform.machine(),
                command="python -m fastcpu.bench " + " ".join(
                    a for a in sys.argv[1:] if a))
