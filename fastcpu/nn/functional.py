@@ -168,36 +168,29 @@ def dropout(x, p, seed):
     return _Dropout.apply(x, p=p, seed=seed)
 
 
-class _Relu(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = _k("activations").relu_forward(x)
-        ctx.save_for_backward(y)
-        return y
+def _activation(name):
+    """An autograd Function for activation ``name``: y = f(x); backward from the saved output."""
+    class _Act(Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = getattr(_k("activations"), f"{name}_forward")(x)
+            ctx.save_for_backward(y)
+            return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        dx = ctx.grad_buffer(0)
-        _k("activations").relu_backward(dy, ctx.saved_tensors[0], dx)
-        return (dx,)
+        @staticmethod
+        def backward(ctx, dy):
+            dx = ctx.grad_buffer(0)
+            getattr(_k("activations"), f"{name}_backward")(dy, ctx.saved_tensors[0], dx)
+            return (dx,)
+    _Act.__name__ = _Act.__qualname__ = name.capitalize()
+    return _Act
+
+
+_Relu, _Tanh = _activation("relu"), _activation("tanh")
 
 
 def relu(x):
     return _Relu.apply(x)
-
-
-class _Tanh(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = _k("activations").tanh_forward(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        dx = ctx.grad_buffer(0)
-        _k("activations").tanh_backward(dy, ctx.saved_tensors[0], dx)
-        return (dx,)
 
 
 def tanh(x):

@@ -96,19 +96,9 @@ class Module:
                 out[pre + k] = b
         return out
 
-    def _slots(self):
-        slots = OrderedDict()
-        for name, m in self.named_modules():
-            pre = f"{name}." if name else ""
-            for k, p in m._parameters.items():
-                slots[pre + k] = p.data
-            for k, b in m._buffers.items():
-                slots[pre + k] = b
-        return slots
-
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy ``state`` into this module's arrays in place (flat-buffer views stay valid)."""
-        slots = self._slots()
+        slots = self.state_dict()           # the live arrays, by name
         missing = [k for k in slots if k not in state]
         unexpected = [k for k in state if k not in slots]
         shapes = [f"{k}: expected {tuple(slots[k].shape)}, got {tuple(np.shape(state[k]))}"
