@@ -121,6 +121,15 @@ class Context:
         return None
 
 
+    def dx_target(self, i):
+        """For kernels taking ``dx=None | array | "new"``: None when input i needs no gradient,
+        the leaf's .grad to accumulate into, else "new" (the kernel writes a fresh array)."""
+        if not self.needs_input_grad[i]:
+            return None
+        g = self.leaf_grad(i)
+        return "new" if g is None else g
+
+
 class Function:
     """Subclass with ``forward(ctx, *args, **kw)`` and ``backward(ctx, *grads)`` (NumPy arrays).
 

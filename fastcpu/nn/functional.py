@@ -25,13 +25,9 @@ class _Linear(Function):
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = ctx.leaf_grad(0)
-            dx = "new" if dx is None else dx          # non-leaf input: write a fresh dx
         dw = ctx.grad_buffer(1)
         db = ctx.grad_buffer(2) if ctx.has_b else None
-        dx = _k("linear").backward(dy, x, w, dx, dw, db)
+        dx = _k("linear").backward(dy, x, w, ctx.dx_target(0), dw, db)
         return dx, dw, db
 
 
@@ -50,13 +46,10 @@ class _Conv1d(Function):
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = ctx.leaf_grad(0)
-            dx = "new" if dx is None else dx          # non-leaf input: write a fresh dx
         dw = ctx.grad_buffer(1)
         db = ctx.grad_buffer(2) if ctx.has_b else None
-        dx = _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, dx, dw, db, **ctx.kw)
+        dx = _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, ctx.dx_target(0), dw, db,
+                                                **ctx.kw)
         return dx, dw, db
 
 
