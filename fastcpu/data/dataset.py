@@ -1,0 +1,264 @@
+"""Reader of the reference's preprocessed layout, and its batching with a resumable order.
+
+Layout (spec §5.1)::
+
+    ROOT/train.txt, val.txt      basename|speaker|{PH ON ES}|raw text     (UTF-8, one per line)
+    ROOT/mel/{speaker}-mel-{basename}.npy         float [T, 80]
+    ROOT/pitch/{speaker}-pitch-{basename}.npy     float [N]   (phoneme level, normalised)
+    ROOT/energy/{speaker}-energy-{basename}.npy   float [N]
+    ROOT/duration/{speaker}-duration-{basename}.npy  int [N], sum == T
+    ROOT/stats.json   {"pitch": [min, max, mean, std], "energy": [...]}
+    ROOT/speakers.json  {"name": id, ...}
+
+Unlike the reference (which silently drops unknown phones and crashes later with a shape
+mismatch), every problem is a ``DataError`` naming the file (and line, and phone): unknown phone,
+malformed line, empty split file, missing ``.npy``, NaN/inf in a feature, a mel without 80 bins,
+``len(phones) != len(duration|pitch|energy)``, ``sum(duration) != mel frames``. Shapes are checked
+for every utterance when the corpus is opened (from the ``.npy`` headers); values when an
+utterance is first loaded, or up front with ``validate()``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastcpu.data.symbols import SYMBOL_TO_ID
+
+KINDS = ("mel", "pitch", "energy", "duration")
+_BRACES = re.compile(r"\{([^}]*)\}")
+
+
+class DataError(ValueError):
+    """Bad corpus data; the message names the file (and line) and what was expected."""
+
+
+@dataclass
+class Utterance:
+    basename: str
+    speaker: str
+    phones: list
+    raw_text: str
+    line: int
+
+
+def text_to_ids(text: str, where: str) -> np.ndarray:
+    """``{PH ON ES}`` groups -> ids of "@PH"; characters outside braces map one by one.
+    Unknown symbols are errors (the reference drops them silently)."""
+    ids, pos = [], 0
+    for m in _BRACES.finditer(text):
+        for ch in text[pos:m.start()]:
+            if ch not in SYMBOL_TO_ID:
+                raise DataError(f"{where}: unknown character {ch!r}")
+            ids.append(SYMBOL_TO_ID[ch])
+        for ph in m.group(1).split():
+            sid = SYMBOL_TO_ID.get("@" + ph)
+            if sid is None:
+                raise DataError(f"{where}: unknown phone {ph!r} (not in the 361-symbol table)")
+            ids.append(sid)
+        pos = m.end()
+    for ch in text[pos:]:
+        if ch not in SYMBOL_TO_ID:
+            raise DataError(f"{where}: unknown character {ch!r}")
+        ids.append(SYMBOL_TO_ID[ch])
+    return np.asarray(ids, dtype=np.int64)
+
+
+def read_split(path) -> list:
+    """Parse train.txt / val.txt into Utterances (phones validated against the symbol table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) != 4:
+            raise DataError(f"{path}:{n}: expected 4 '|'-separated fields "
+                            f"(basename|speaker|{{phones}}|text), got {len(parts)}")
+        base, spk, text, raw = parts
+        text = text.strip()
+        if not (text.startswith("{") and text.endswith("}")) or not text[1:-1].split():
+            raise DataError(f"{path}:{n}: phones must be a non-empty '{{...}}' group, got "
+                            f"{text[:40]!r}")
+        ids = text_to_ids(text, f"{path}:{n}")
+        out.append(Utterance(base, spk, list(ids), raw, n))
+    if not out:
+        raise DataError(f"{path}: no utterances (empty split file)")
+    return out
+
+
+class PreprocessedCorpus:
+    """One split of a preprocessed corpus; items are dicts like the reference's Dataset."""
+
+    def __init__(self, root, split: str = "train.txt"):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: corpus directory not found")
+        self.split = self.root / split
+        self.utts = read_split(self.split)
+        self.stats = self._json("stats.json")
+        self.speakers = self._json("speakers.json")
+        for k in ("pitch", "energy"):
+            v = self.stats.get(k)
+            if not (isinstance(v, list) and len(v) == 4):
+                raise DataError(f"{self.root / 'stats.json'}: '{k}' must be [min, max, mean, "
+                                f"std], got {v!r}")
+        self._checked = set()
+        for u in self.utts:
+            if u.speaker not in self.speakers:
+                raise DataError(f"{self.split}:{u.line}: speaker {u.speaker!r} is not in "
+                                f"speakers.json")
+            self._check_shapes(u)
+
+    def _json(self, name):
+        p = self.root / name
+        if not p.is_file():
+            raise DataError(f"{p}: no such file")
+        try:
+            return json.loads(p.read_text())
+        except ValueError as e:
+            raise DataError(f"{p}: not valid JSON ({e})") from None
+
+    def path(self, u: Utterance, kind: str) -> Path:
+        return self.root / kind / f"{u.speaker}-{kind}-{u.basename}.npy"
+
+    def _open(self, u, kind, mmap=True):
+        p = self.path(u, kind)
+        if not p.is_file():
+            raise DataError(f"{p}: missing (utterance {u.basename!r}, {self.split.name} line "
+                            f"{u.line})")
+        try:
+            return np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{p}: unreadable .npy ({e})") from None
+
+    def _check_shapes(self, u):
+        a = {k: self._open(u, k) for k in KINDS}
+        n, mel = len(u.phones), a["mel"]
+        where = f"{self.split}:{u.line} ({u.basename})"
+        if mel.ndim != 2 or mel.shape[1] != 80:
+            raise DataError(f"{self.path(u, 'mel')}: mel must be [frames, 80], got "
+                            f"{list(mel.shape)}")
+        for k in ("pitch", "energy", "duration"):
+            if a[k].shape != (n,):
+                raise DataError(f"{where}: {n} phones but {k} has shape {list(a[k].shape)} "
+                                f"({self.path(u, k)})")
+
+    def load(self, i: int) -> dict:
+        u = self.utts[i]
+        a = {k: np.asarray(self._open(u, k, mmap=False)) for k in KINDS}
+        if i not in self._checked:
+            for k in KINDS:
+                if not np.all(np.isfinite(a[k])):
+                    raise DataError(f"{self.path(u, k)}: non-finite values (NaN or inf)")
+            d = a["duration"]
+            if d.dtype.kind not in "iu" or (d < 0).any():
+                raise DataError(f"{self.path(u, 'duration')}: durations must be non-negative "
+                                f"integers")
+            if int(d.sum()) != a["mel"].shape[0]:
+                raise DataError(f"{self.split}:{u.line} ({u.basename}): sum(duration) = "
+                                f"{int(d.sum())} but the mel has {a['mel'].shape[0]} frames")
+            self._checked.add(i)
+        return {"id": u.basename, "speaker": self.speakers[u.speaker],
+                "text": np.asarray(u.phones, np.int64), "raw_text": u.raw_text,
+                "mel": a["mel"].astype(np.float32), "pitch": a["pitch"].astype(np.float32),
+                "energy": a["energy"].astype(np.float32), "duration": a["duration"].astype(
+                    np.int64)}
+
+    def validate(self) -> None:
+        """Check every value of every utterance now (otherwise done on first load)."""
+        for i in range(len(self)):
+            self.load(i)
+
+    def __len__(self):
+        return len(self.utts)
+
+    def text_lengths(self) -> np.ndarray:
+        return np.array([len(u.phones) for u in self.utts])
+
+
+def collate(items: list) -> dict:
+    """The reference's 12-field batch, zero-padded: ids, raw_texts, speakers, texts, text_lens,
+    max_text_len, mels, mel_lens, max_mel_len, pitches, energies, durations."""
+    B = len(items)
+    text_lens = np.array([len(x["text"]) for x in items])
+    mel_lens = np.array([x["mel"].shape[0] for x in items])
+    L, T = int(text_lens.max()), int(mel_lens.max())
+    texts = np.zeros((B, L), np.int64)
+    durations = np.zeros((B, L), np.int64)
+    pitches = np.zeros((B, L), np.float32)
+    energies = np.zeros((B, L), np.float32)
+    mels = np.zeros((B, T, 80), np.float32)
+    for b, x in enumerate(items):
+        n, t = text_lens[b], mel_lens[b]
+        texts[b, :n], durations[b, :n] = x["text"], x["duration"]
+        pitches[b, :n], energies[b, :n] = x["pitch"], x["energy"]
+        mels[b, :t] = x["mel"]
+    return {"ids": [x["id"] for x in items], "raw_texts": [x["raw_text"] for x in items],
+            "speakers": np.array([x["speaker"] for x in items], np.int64), "texts": texts,
+            "text_lens": text_lens, "max_text_len": L, "mels": mels, "mel_lens": mel_lens,
+            "max_mel_len": T, "pitches": pitches, "energies": energies, "durations": durations}
+
+
+class Batcher:
+    """The reference's batching with a seeded, resumable order.
+
+    Each epoch shuffles the utterances with ``seed`` and the epoch number; every group of
+    ``batch_size * group_size`` is sorted by text length (descending) and cut into sub-batches of
+    ``batch_size`` (each one training step); with ``drop_last`` a group's remainder is dropped,
+    otherwise it is an extra, smaller sub-batch. ``state_dict()`` records the position (epoch and
+    the next sub-batch), so a resumed run sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, n_items: int, text_lengths, batch_size: int, group_size: int = 4,
+                 seed: int = 0, drop_last: bool = True, shuffle: bool = True):
+        if batch_size < 1 or group_size < 1:
+            raise ValueError("batch_size and group_size must be >= 1")
+        if drop_last and n_items < batch_size:
+            raise ValueError(f"{n_items} utterances cannot fill one batch of {batch_size}")
+        self.n, self.lengths = n_items, np.asarray(text_lengths)
+        self.bs, self.gs, self.seed = batch_size, group_size, seed
+        self.drop_last, self.shuffle = drop_last, shuffle
+        self.epoch, self.pos = 0, 0
+
+    def epoch_batches(self, epoch: int) -> list:
+        """The sub-batches (index arrays) of one epoch, in order."""
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+        out = []
+        g = self.bs * self.gs
+        for s in range(0, self.n, g):
+            grp = order[s:s + g]
+            grp = grp[np.argsort(-self.lengths[grp], kind="stable")]
+            full = len(grp) - len(grp) % self.bs
+            out += [grp[i:i + self.bs] for i in range(0, full, self.bs)]
+            if not self.drop_last and full < len(grp):
+                out.append(grp[full:])
+        return out
+
+    def steps_per_epoch(self) -> int:
+        return len(self.epoch_batches(0))
+
+    def __iter__(self):
+        """Sub-batches from the current position onwards, across epochs (advance as consumed)."""
+        while True:
+            batches = self.epoch_batches(self.epoch)
+            while self.pos < len(batches):
+                b = batches[self.pos]
+                self.pos += 1
+                yield self.epoch, b
+            self.epoch, self.pos = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+
+    def load_state_dict(self, st: dict) -> None:
+        if st["seed"] != self.seed:
+            raise ValueError(f"sampler state was made with seed {st['seed']}, this run has "
+                             f"{self.seed}")
+        self.epoch, self.pos = int(st["epoch"]), int(st["pos"])
