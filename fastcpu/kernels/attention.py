@@ -14,7 +14,7 @@ Shapes: q, k, v, out (B, T, H, D) — the (B, T, H*D) projections viewed per hea
 Every query row (padding rows too, as the reference model does) attends to the valid keys; a
 sequence of length 0 has no valid key: its output is 0, its lse -inf and its gradients 0 (PyTorch
 would give NaN there). Only the O(T) lse is kept for backward, never the T x T matrix: the fast
-backends walk (BQ x BK) tiles with an online softmax and recompute the tiles in backward. They run
+backends walk (query x key) tiles with an online softmax and recompute the tiles in backward. They run
 one (batch, head) pair per thread, with BLAS single-threaded inside (runtime.blas_single), and
 skip padding keys entirely. Backward accumulates (+=) into dq, dk, dv.
 
@@ -35,9 +35,12 @@ from fastcpu.kernels._common import PJIT
 # auto = "cython": `python -m pytest benchmarks/test_kernels.py -k attention --benchmark-only`
 # (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks".
 AUTO = "cython"
-BQ = 128    # query rows per tile (64..256 measured within 6%; 128 best)
-BK = 128    # keys per tile
-NB_BQ = 64  # the Numba version's query tile (its per-tile arrays favour 64: 59 vs 81 ms at 128)
+# Cython tiles: 64 x 64 measured best at both benchmark shapes (fwd+bwd, 2 threads, 2026-11-22:
+# B=16 T=714 66 ms vs 70 at 128x128; B=8 T=346 14.6 vs 19.0 ms).
+BQ = 64     # query rows per tile
+BK = 64     # keys per tile
+NB_BQ = 64  # the Numba version's tiles (its per-tile arrays favour 64 x 128: 59 vs 81 ms at 128)
+NB_BK = 128
 
 
 def _check(q, k, v, lengths):
@@ -125,18 +128,18 @@ def _fwd_nb(q, k, v, lengths, scale, skipq, out, lse):
             lse[b, h, t] = -np.inf
             for d in range(D):
                 out[b, t, h, d] = 0
-        nkb = (L + BK - 1) // BK
-        # gather this head into tiles: Qt (nqb, NB_BQ, D), Kt/Vt (nkb, BK, D); tails zero
+        nkb = (L + NB_BK - 1) // NB_BK
+        # gather this head into tiles: Qt (nqb, NB_BQ, D), Kt/Vt (nkb, NB_BK, D); tails zero
         Qt = np.zeros((nqb, NB_BQ, D), np.float32)
-        Kt = np.zeros((nkb, BK, D), np.float32)
-        Vt = np.zeros((nkb, BK, D), np.float32)
+        Kt = np.zeros((nkb, NB_BK, D), np.float32)
+        Vt = np.zeros((nkb, NB_BK, D), np.float32)
         for t in range(Tq):
             for d in range(D):
                 Qt[t // NB_BQ, t % NB_BQ, d] = q[b, t, h, d]
         for t in range(L):
             for d in range(D):
-                Kt[t // BK, t % BK, d] = k[b, t, h, d]
-                Vt[t // BK, t % BK, d] = v[b, t, h, d]
+                Kt[t // NB_BK, t % NB_BK, d] = k[b, t, h, d]
+                Vt[t // NB_BK, t % NB_BK, d] = v[b, t, h, d]
         mrow = np.empty(NB_BQ, np.float32)
         lrow = np.empty(NB_BQ, np.float32)
         for i in range(nqb):
@@ -144,8 +147,8 @@ def _fwd_nb(q, k, v, lengths, scale, skipq, out, lse):
             mrow[:] = -np.inf
             lrow[:] = 0
             for j in range(nkb):
-                nk = min(BK, L - j * BK)
-                S = np.dot(Qt[i], Kt[j].T)                     # (NB_BQ, BK) raw scores
+                nk = min(NB_BK, L - j * NB_BK)
+                S = np.dot(Qt[i], Kt[j].T)                     # (NB_BQ, NB_BK) raw scores
                 for r in range(NB_BQ):
                     mx = mrow[r]
                     for c in range(nk):
@@ -159,7 +162,7 @@ def _fwd_nb(q, k, v, lengths, scale, skipq, out, lse):
                         pv = np.exp(S[r, c] - mx)
                         S[r, c] = pv
                         sm += pv
-                    for c in range(nk, BK):
+                    for c in range(nk, NB_BK):
                         S[r, c] = 0
                     lrow[r] = lrow[r] * corr + sm
                     mrow[r] = mx
@@ -185,13 +188,13 @@ def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, skipq, dq, dk, dv):
             continue
         Tq = L if skipq else T
         nqb = (Tq + NB_BQ - 1) // NB_BQ
-        nkb = (L + BK - 1) // BK
+        nkb = (L + NB_BK - 1) // NB_BK
         Qt = np.zeros((nqb, NB_BQ, D), np.float32)
         dOt = np.zeros((nqb, NB_BQ, D), np.float32)
-        Kt = np.zeros((nkb, BK, D), np.float32)
-        Vt = np.zeros((nkb, BK, D), np.float32)
-        dKt = np.zeros((nkb, BK, D), np.float32)
-        dVt = np.zeros((nkb, BK, D), np.float32)
+        Kt = np.zeros((nkb, NB_BK, D), np.float32)
+        Vt = np.zeros((nkb, NB_BK, D), np.float32)
+        dKt = np.zeros((nkb, NB_BK, D), np.float32)
+        dVt = np.zeros((nkb, NB_BK, D), np.float32)
         Di = np.zeros((nqb, NB_BQ), np.float32)
         Lq = np.zeros((nqb, NB_BQ), np.float32)
         for t in range(Tq):
@@ -204,18 +207,18 @@ def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, skipq, dq, dk, dv):
             Lq[t // NB_BQ, t % NB_BQ] = lse[b, h, t]
         for t in range(L):
             for d in range(D):
-                Kt[t // BK, t % BK, d] = k[b, t, h, d]
-                Vt[t // BK, t % BK, d] = v[b, t, h, d]
+                Kt[t // NB_BK, t % NB_BK, d] = k[b, t, h, d]
+                Vt[t // NB_BK, t % NB_BK, d] = v[b, t, h, d]
         for i in range(nqb):
             nq = min(NB_BQ, Tq - i * NB_BQ)
             dQi = np.zeros((NB_BQ, D), np.float32)
             for j in range(nkb):
-                nk = min(BK, L - j * BK)
+                nk = min(NB_BK, L - j * NB_BK)
                 P = np.dot(Qt[i], Kt[j].T)                     # scores -> probabilities
                 dP = np.dot(dOt[i], Vt[j].T)                   # -> dS
                 for r in range(NB_BQ):
                     if r < nq:
-                        for c in range(BK):
+                        for c in range(NB_BK):
                             if c < nk:
                                 pv = np.exp(P[r, c] * scale - Lq[i, r])
                                 P[r, c] = pv
@@ -224,7 +227,7 @@ def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, skipq, dq, dk, dv):
                                 P[r, c] = 0
                                 dP[r, c] = 0
                     else:
-                        for c in range(BK):
+                        for c in range(NB_BK):
                             P[r, c] = 0
                             dP[r, c] = 0
                 dVt[j] += np.dot(P.T, dOt[i])
@@ -236,8 +239,8 @@ def _bwd_nb(dout, q, k, v, out, lse, lengths, scale, skipq, dq, dk, dv):
                     dq[b, t, h, d] += dQi[r, d]
         for t in range(L):
             for d in range(D):
-                dk[b, t, h, d] += dKt[t // BK, t % BK, d]
-                dv[b, t, h, d] += dVt[t // BK, t % BK, d]
+                dk[b, t, h, d] += dKt[t // NB_BK, t % NB_BK, d]
+                dv[b, t, h, d] += dVt[t // NB_BK, t % NB_BK, d]
 
 
 def forward_numba(q, k, v, lengths, scale=None, skip_padded_queries=False):
