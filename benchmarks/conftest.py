@@ -18,7 +18,8 @@ def _threads():
                       "(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE) for comparable figures")
     n = min(THREADS, numba.config.NUMBA_NUM_THREADS)
     torch.set_num_threads(n)
-    with runtime.threads(n):
+    # the process settings training runs with (both sides share them: one malloc, one libgomp)
+    with runtime.threads(n), runtime.keep_memory():
         print("\n" + runtime.format_info())
         yield
 

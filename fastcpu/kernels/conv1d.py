@@ -30,9 +30,11 @@ import numpy as np
 
 from fastcpu.kernels._common import PJIT, scratch
 
-# auto = "numba": `python -m pytest benchmarks/test_kernels.py -k conv1d --benchmark-only`
-# (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks".
-AUTO = "numba"
+# auto = "dispatch": Cython for plain convs, Numba when ``lengths`` is given (the Cython kernel has
+# no lengths path). Measured with `python -m pytest benchmarks/test_kernels.py -k conv1d
+# --benchmark-only` (2 threads, OpenBLAS vars unset, 2026-11-22), two runs, fwd+bwd medians:
+# 256->1024 k9 Cython 255/261 ms vs Numba 268/296; 1024->256 k1 44/49 vs 68/61.
+AUTO = "dispatch"
 
 
 def _geometry(x, w, padding):
@@ -404,8 +406,27 @@ def _cython():
     return SimpleNamespace(forward=forward, backward=backward)
 
 
+def _dispatch():
+    """Per call: the Cython kernel for plain convs, Numba for ``lengths`` (see AUTO)."""
+    from fastcpu.kernels import _cybuild
+    cy = _cython() if _cybuild.available("conv1d") else None
+
+    def forward(x, w, b=None, padding=None, lengths=None):
+        if lengths is None and cy is not None:
+            return cy.forward(x, w, b, padding)
+        return forward_numba(x, w, b, padding, lengths)
+
+    def backward(dy, x, w, padding, dx, dw, db, lengths=None):
+        if lengths is None and cy is not None:
+            return cy.backward(dy, x, w, padding, dx, dw, db)
+        return backward_numba(dy, x, w, padding, dx, dw, db, lengths)
+
+    return SimpleNamespace(forward=forward, backward=backward)
+
+
 BACKENDS = {
     "reference": lambda: SimpleNamespace(forward=forward_reference, backward=backward_reference),
     "numba": lambda: SimpleNamespace(forward=forward_numba, backward=backward_numba),
     "cython": _cython,
+    "dispatch": _dispatch,
 }
