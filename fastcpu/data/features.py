@@ -1,0 +1,183 @@
+"""Acoustic features exactly as the reference computes them (spec §6.2), in NumPy/SciPy.
+
+* STFT: centred, reflect-padded (512 each side), periodic Hann window, n_fft = win = 1024,
+  hop 256 -> ``1 + n // 256`` frames, 513 bins, magnitude ``sqrt(re^2 + im^2)``.
+* Mel: Slaney-scale, Slaney-area-normalised filter bank, 80 bins, 0-8000 Hz at 22050 Hz;
+  ``ln(max(mel, 1e-5))``.
+* Energy: L2 norm of the linear magnitude over the 513 bins of each frame.
+* Pitch: WORLD ``dio`` (frame period = hop) refined by ``stonemask`` (pyworld), unvoiced
+  frames linearly interpolated from the voiced ones (constant at the ends).
+* Phone-level averaging of pitch and energy over each phone's frames (0 for a 0-frame phone).
+
+``process_utterance(wav, intervals)`` runs the reference's ``process_utterance`` on one
+utterance: alignment (leading/trailing silences trimmed, durations from absolute-time frame
+rounding), audio trimmed to the speech, features cut to ``sum(durations)`` frames.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+
+SR, N_FFT, HOP, WIN, N_MELS, FMIN, FMAX = 22050, 1024, 256, 1024, 80, 0.0, 8000.0
+LOG_FLOOR = 1e-5
+SILENCES = ("sil", "sp", "spn")
+
+
+class SkipUtterance(Exception):
+    """The reference skips this utterance (no speech between the silences, or <= 1 voiced
+    frame); the message says which."""
+
+
+def hann_periodic(n: int = WIN) -> np.ndarray:
+    k = np.arange(n)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * k / n)
+
+
+def stft_magnitude(wav: np.ndarray) -> np.ndarray:
+    """|STFT| as [513, frames] float32 (centred, reflect padding, periodic Hann)."""
+    wav = np.asarray(wav, dtype=np.float64)
+    if wav.ndim != 1:
+        raise ValueError(f"wav must be 1-D, got shape {wav.shape}")
+    if len(wav) <= N_FFT // 2:
+        raise ValueError(f"wav has {len(wav)} samples; reflect padding needs more than "
+                         f"{N_FFT // 2}")
+    padded = np.pad(wav, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
+    spec = np.fft.rfft(frames * hann_periodic(N_FFT), axis=1)
+    return np.abs(spec).T.astype(np.float32)
+
+
+def _hz_to_mel(f):
+    """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    lin = f / (200.0 / 3)
+    log = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(f >= 1000.0, log, lin)
+
+
+def _mel_to_hz(m):
+    m = np.asarray(m, dtype=np.float64)
+    lin = m * (200.0 / 3)
+    log = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
+    return np.where(m >= 15.0, log, lin)
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filterbank(sr: int = SR, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin: float = FMIN,
+                   fmax: float = FMAX) -> np.ndarray:
+    """Triangular filters on the Slaney mel scale, each scaled to unit area (2 / bandwidth in
+    Hz) -> [n_mels, 1 + n_fft // 2] float32 (read-only, cached)."""
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    bins = np.linspace(0.0, sr / 2.0, 1 + n_fft // 2)
+    width = np.diff(edges)
+    rising = (bins[None, :] - edges[:-2, None]) / width[:-1, None]
+    falling = (edges[2:, None] - bins[None, :]) / width[1:, None]
+    w = np.maximum(0.0, np.minimum(rising, falling))
+    w *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    w = w.astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+def mel_and_energy(wav: np.ndarray):
+    """-> (log-mel [80, frames] float32, energy [frames] float32) of a float wav in [-1, 1]."""
+    mag = stft_magnitude(np.clip(wav, -1.0, 1.0))
+    mel = np.log(np.maximum(mel_filterbank() @ mag, LOG_FLOOR)).astype(np.float32)
+    energy = np.sqrt(np.sum(mag.astype(np.float64) ** 2, axis=0)).astype(np.float32)
+    return mel, energy
+
+
+def pyworld():
+    """Import pyworld (0.3.5 still imports the removed ``pkg_resources`` for its version
+    string; a stand-in is provided for that one call when setuptools no longer ships it)."""
+    try:
+        import pyworld as pw
+        return pw
+    except ModuleNotFoundError as e:
+        if e.name != "pkg_resources":
+            raise ModuleNotFoundError("pyworld is needed for pitch: pip install -e '.[data]'",
+                                      name="pyworld") from None
+    import importlib.metadata as md
+    shim = types.ModuleType("pkg_resources")
+    shim.get_distribution = lambda name: types.SimpleNamespace(version=md.version(name))
+    sys.modules["pkg_resources"] = shim
+    try:
+        import pyworld as pw
+    finally:
+        del sys.modules["pkg_resources"]
+    return pw
+
+
+def pitch(wav: np.ndarray) -> np.ndarray:
+    """Frame-level F0 in Hz (0 = unvoiced): dio at a frame period of one hop + stonemask."""
+    pw = pyworld()
+    x = np.ascontiguousarray(wav, dtype=np.float64)
+    f0, t = pw.dio(x, SR, frame_period=HOP / SR * 1000)
+    return pw.stonemask(x, f0, t, SR)
+
+
+def interpolate_unvoiced(f0: np.ndarray) -> np.ndarray:
+    voiced = np.nonzero(f0 != 0)[0]
+    return np.interp(np.arange(len(f0)), voiced, f0[voiced])
+
+
+def phone_average(x: np.ndarray, durations: np.ndarray) -> np.ndarray:
+    """Mean of each phone's frames (0 where the duration is 0), in x's dtype."""
+    out = np.zeros(len(durations), dtype=x.dtype)
+    pos = 0
+    for i, d in enumerate(durations):
+        if d > 0:
+            out[i] = np.mean(x[pos:pos + d])
+        pos += d
+    return out
+
+
+def alignment(intervals):
+    """Reference ``get_alignment``: [(start_s, end_s, phone)] -> (phones, durations in frames,
+    start_s, end_s). Leading and trailing silences are dropped; a phone's duration is
+    ``round(end * SR / HOP) - round(start * SR / HOP)`` (absolute rounding, half to even)."""
+    phones, durs = [], []
+    start_time = end_time = 0.0
+    end_idx = 0
+    for s, e, p in intervals:
+        if not phones and p in SILENCES:
+            continue
+        if not phones:
+            start_time = s
+        phones.append(p)
+        if p not in SILENCES:
+            end_time, end_idx = e, len(phones)
+        durs.append(int(np.round(e * SR / HOP) - np.round(s * SR / HOP)))
+    return phones[:end_idx], np.array(durs[:end_idx], dtype=np.int64), start_time, end_time
+
+
+@dataclass
+class Features:
+    phones: list
+    duration: np.ndarray   # int64 [N]
+    pitch: np.ndarray      # float64 [N], Hz (not normalised)
+    energy: np.ndarray     # float32 [N] (not normalised)
+    mel: np.ndarray        # float32 [T, 80], T == duration.sum()
+
+
+def process_utterance(wav: np.ndarray, intervals) -> Features:
+    """The reference's per-utterance preprocessing (phone-level pitch and energy).
+    ``wav``: float samples at 22050 Hz in [-1, 1]; ``intervals``: [(start_s, end_s, phone)]."""
+    phones, dur, start, end = alignment(intervals)
+    if start >= end:
+        raise SkipUtterance("no phone between the leading and trailing silences")
+    wav = np.asarray(wav, dtype=np.float32)[int(SR * start):int(SR * end)]
+    n = int(dur.sum())
+    f0 = pitch(wav)[:n]
+    if np.sum(f0 != 0) <= 1:
+        raise SkipUtterance("at most one voiced frame")
+    mel, energy = mel_and_energy(wav)
+    if mel.shape[1] < n:
+        raise SkipUtterance(f"durations sum to {n} frames but the audio has {mel.shape[1]}")
+    mel, energy = mel[:, :n], energy[:n]
+    f0 = phone_average(interpolate_unvoiced(f0), dur)
+    return Features(phones, dur, f0, phone_average(energy, dur), np.ascontiguousarray(mel.T))
