@@ -235,21 +235,32 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 16
     group_size: int = 4
-    total_step: int = 900000
+    total_step: int = 900000                # stop after this many optimizer steps
     num_epochs: int = 0                     # 0: bounded by total_step only
-    log_step: int = 100
-    val_step: int = 1000
-    save_step: int = 100000
-    synth_step: int = 1000
+    log_step: int = 100                     # console / TensorBoard interval (JSON log: every step)
+    val_step: int = 1000                    # validation every N steps (and at each epoch end)
+    save_step: int = 100000                 # periodic checkpoint every N steps
+    synth_step: int = 1000                  # validation sample (mel image + Griffin-Lim audio)
     seed: int = 1234
     threads: int = 0                        # 0: every core
+    output_dir: str = "runs"                # the run lives in output_dir/<name>
+    keep_last: int = 3                      # periodic + epoch checkpoints kept (0: all)
+    early_stop_patience: int = 0            # validations without improvement; 0: off
+    divergence_ratio: float = 2.0           # warn when val loss > ratio x train loss; 0: off
+    max_nonfinite: int = 5                  # non-finite steps in a row before stopping
+    profile_steps: int = 0                  # profile N steps (after the first) -> table + trace
 
     def validate(self, where="train"):
         _positive(self, where, "batch_size", "group_size", "total_step", "log_step", "val_step",
-                  "save_step", "synth_step")
-        for k in ("num_epochs", "threads"):
+                  "save_step", "synth_step", "max_nonfinite")
+        for k in ("num_epochs", "threads", "keep_last", "early_stop_patience", "profile_steps"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{where}.{k}: must be >= 0, got {getattr(self, k)}")
+        if self.divergence_ratio < 0:
+            raise ConfigError(f"{where}.divergence_ratio: must be >= 0, got "
+                              f"{self.divergence_ratio}")
+        if not self.output_dir:
+            raise ConfigError(f"{where}.output_dir: must not be empty")
 
 
 @dataclass

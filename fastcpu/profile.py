@@ -33,6 +33,8 @@ class Profiler:
         self.events = []            # (name, phase, t0, t1, flops, bytes)
         self.t_start = None
         self.t_end = None
+        self.paused_s = 0.0         # time spent paused (excluded from the wall time)
+        self._paused_at = None
 
     def __enter__(self):
         global _active
@@ -45,9 +47,24 @@ class Profiler:
 
     def __exit__(self, *exc):
         global _active
-        self.t_end = time.perf_counter()
+        self.t_end = self._paused_at or time.perf_counter()
         _active = None
         return False
+
+    def pause(self):
+        """Stop recording (e.g. between profiled steps); ``wall`` excludes paused time."""
+        global _active
+        self._paused_at = time.perf_counter()
+        _active = None
+
+    def resume(self):
+        global _active
+        with _lock:
+            if _active is not None:
+                raise RuntimeError("a profiler is already running")
+            _active = self
+        self.paused_s += time.perf_counter() - self._paused_at
+        self._paused_at = None
 
     def add(self, name, phase, t0, t1, flops=0, nbytes=0):
         self.events.append((name, phase, t0, t1, flops, nbytes))
@@ -55,7 +72,9 @@ class Profiler:
     @property
     def wall(self):
         end = self.t_end if self.t_end is not None else time.perf_counter()
-        return end - self.t_start
+        if self._paused_at is not None:
+            end = self._paused_at
+        return end - self.t_start - self.paused_s
 
     def summary(self):
         """{(name, phase): [calls, seconds, flops, bytes]}; nested spans are excluded."""

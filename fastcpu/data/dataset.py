@@ -109,11 +109,13 @@ class PreprocessedCorpus:
                 raise DataError(f"{self.root / 'stats.json'}: '{k}' must be [min, max, mean, "
                                 f"std], got {v!r}")
         self._checked = set()
+        frames = []
         for u in self.utts:
             if u.speaker not in self.speakers:
                 raise DataError(f"{self.split}:{u.line}: speaker {u.speaker!r} is not in "
                                 f"speakers.json")
-            self._check_shapes(u)
+            frames.append(self._check_shapes(u))
+        self.frames = np.array(frames, dtype=np.int64)     # mel frames per utterance
 
     def _json(self, name):
         p = self.root / name
@@ -148,6 +150,7 @@ class PreprocessedCorpus:
             if a[k].shape != (n,):
                 raise DataError(f"{where}: {n} phones but {k} has shape {list(a[k].shape)} "
                                 f"({self.path(u, k)})")
+        return mel.shape[0]
 
     def load(self, i: int) -> dict:
         u = self.utts[i]

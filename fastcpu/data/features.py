@@ -181,3 +181,36 @@ def process_utterance(wav: np.ndarray, intervals) -> Features:
     mel, energy = mel[:, :n], energy[:n]
     f0 = phone_average(interpolate_unvoiced(f0), dur)
     return Features(phones, dur, f0, phone_average(energy, dur), np.ascontiguousarray(mel.T))
+
+
+# ------------------------------------------------------------------ back to audio (samples)
+
+def istft(spec: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of the centred STFT (complex [513, frames]) by windowed overlap-add."""
+    frames = np.fft.irfft(spec.T, n=N_FFT, axis=1) * hann_periodic(N_FFT)
+    n = N_FFT + HOP * (frames.shape[0] - 1)
+    out, norm = np.zeros(n), np.zeros(n)
+    w2 = hann_periodic(N_FFT) ** 2
+    for i, f in enumerate(frames):
+        out[i * HOP:i * HOP + N_FFT] += f
+        norm[i * HOP:i * HOP + N_FFT] += w2
+    out /= np.where(norm > 1e-8, norm, 1.0)
+    return out[N_FFT // 2:N_FFT // 2 + length]
+
+
+def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0) -> np.ndarray:
+    """Log-mel [T, 80] -> float32 waveform: linear magnitude from the filter bank's
+    pseudo-inverse (clipped at 0), phase by Griffin-Lim. For listening to samples, not a
+    vocoder."""
+    fb = mel_filterbank().astype(np.float64)
+    mag = np.maximum(np.linalg.pinv(fb) @ np.exp(np.asarray(log_mel, np.float64).T), 0.0)
+    length = HOP * (mag.shape[1] - 1)
+    phase = np.exp(2j * np.pi * np.random.default_rng(seed).random(mag.shape))
+    y = istft(mag * phase, length)
+    for _ in range(n_iter):
+        padded = np.pad(y, N_FFT // 2, mode="reflect")
+        fr = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:mag.shape[1]]
+        spec = np.fft.rfft(fr * hann_periodic(N_FFT), axis=1).T
+        y = istft(mag * np.exp(1j * np.angle(spec)), length)
+    peak = np.max(np.abs(y)) if len(y) else 0.0
+    return (y / peak * 0.9 if peak > 0 else y).astype(np.float32)
