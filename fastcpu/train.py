@@ -252,6 +252,12 @@ class Trainer:
                 "train_avg": self.train_avg, "sampler": self.batcher.state_dict(),
                 "rng": nn.init.get_state()}
 
+    def buffers(self) -> dict:
+        """Copies of the model's non-parameter state (BatchNorm running statistics): a failed
+        step's forward may already have updated them."""
+        params = set(self.buffer.names)
+        return {k: v.copy() for k, v in self.model.state_dict().items() if k not in params}
+
     def restore_light(self, st: dict) -> None:
         from fastcpu import nn
         self.step, self.bad_vals = int(st["step"]), int(st["bad_vals"])
@@ -313,7 +319,7 @@ class Trainer:
         print(text, file=self.out, flush=True)
 
     def log_event(self, rec: dict) -> None:
-        rec = {"time": round(time.time(), 3), **rec}
+        rec = {"at": round(time.time(), 3), **rec}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -390,7 +396,8 @@ class Trainer:
                 epoch_end |= ended
                 batches.append(self.load_batch(self.train_set, idx))
         times["data"] = time.perf_counter() - t0
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         with profile.span("zero_grad", "optimizer"):
             self.opt.zero_grad()
         sums, frames = self.accumulate(batches, self.step + 1, times)
@@ -563,7 +570,7 @@ class Trainer:
         self.tb = tensorboard.SummaryWriter(self.run_dir / "tb")
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT,
                                                                    signal.SIGTERM)}
-        good = self.light_state()
+        good, good_buffers = self.light_state(), self.buffers()
         prof, prof_left = None, 0
         t_start, steps_at_start = time.time(), self.step
         try:
@@ -573,7 +580,7 @@ class Trainer:
                 if self.step >= c.total_step or (c.num_epochs and
                                                   self.batcher.epoch >= c.num_epochs):
                     break
-                good = self.light_state()
+                good, good_buffers = self.light_state(), self.buffers()
                 profiling = bool(c.profile_steps) and prof_left > 0 or (
                     c.profile_steps and prof is None and self.step == steps_at_start + 1)
                 if profiling:                      # after the first (compiling) step
@@ -634,14 +641,14 @@ class Trainer:
         except BaseException as e:
             if prof is not None and prof_left > 0:
                 prof.__exit__(None, None, None)
-            self._emergency(e, good)
+            self._emergency(e, good, good_buffers)
             raise
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
             self.tb.close()
 
-    def _emergency(self, exc, good):
+    def _emergency(self, exc, good, good_buffers):
         if self.in_update:
             self.say(f"error during the optimizer update: the weights may be half-updated, so "
                      f"no emergency checkpoint is written (the newest good one is in "
@@ -651,6 +658,7 @@ class Trainer:
         # everything but the weights/moments is rolled back to the start of the failed step;
         # the weights and Adam state were not touched by it (no update happened)
         self.opt.zero_grad()
+        self.model.load_state_dict(good_buffers, strict=False)
         try:
             path = self.save("emergency", state=good, reason=repr(exc))
             self.say(f"{type(exc).__name__}: saved the last good state (step {good['step']}) "

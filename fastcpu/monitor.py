@@ -1,0 +1,139 @@
+"""Live view of a training run, read from its ``metrics.jsonl``.
+
+    python -m fastcpu.monitor RUN_DIR [--once] [--interval 2]
+
+Shows the step and progress, current and average training loss (per term), steps/s, ETA,
+learning rate, grad norm, the last validation losses and the last checkpoints. Uses ``rich``
+when it is installed and the output is a terminal; plain text otherwise (and with ``--once``).
+Exits when the run ends (or on Ctrl+C).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def read_log(path: Path) -> list:
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:              # a line being written right now
+                    pass
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def summarize(records: list, window: int = 50) -> dict:
+    start = [r for r in records if r.get("event") == "start"]
+    train = [r for r in records if r.get("event") == "train"]
+    s = {"total_step": start[-1]["total_step"] if start else None, "step": 0,
+         "skipped": sum(r.get("event") == "skip" for r in records),
+         "val": [r for r in records if r.get("event") == "val"][-3:],
+         "checkpoints": [r for r in records if r.get("event") == "checkpoint"][-4:],
+         "end": next((r for r in reversed(records) if r.get("event") == "end"), None)}
+    if not train:
+        return s
+    last = train[-1]
+    recent = train[-window:]
+    s.update(step=last["step"], epoch=last["epoch"], loss=last["loss"], lr=last["lr"],
+             grad_norm=last["grad_norm"],
+             avg={k: sum(r["loss"][k] for r in recent) / len(recent) for k in last["loss"]},
+             step_ms=1e3 * sum(r["time"]["step"] for r in recent) / len(recent),
+             frames_per_s=sum(r["frames_per_s"] for r in recent) / len(recent))
+    # steps/s from the wall-clock stamps of the recent steps (includes validation, saving)
+    t = [r for r in records if r.get("event") in ("train", "skip")][-window:]
+    stamps = [r["at"] for r in t if "at" in r]
+    if len(stamps) > 1 and stamps[-1] > stamps[0]:
+        s["steps_per_s"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    else:
+        s["steps_per_s"] = 1e3 / s["step_ms"] if s["step_ms"] else 0.0
+    if s["total_step"] and s["steps_per_s"]:
+        s["eta_s"] = (s["total_step"] - s["step"]) / s["steps_per_s"]
+    return s
+
+
+def _hms(x):
+    if x is None:
+        return "?"
+    x = int(x)
+    return f"{x // 3600}:{x // 60 % 60:02d}:{x % 60:02d}"
+
+
+def render_plain(run: Path, s: dict) -> str:
+    lines = [f"run {run}"]
+    if s["step"]:
+        tot = s["total_step"] or 0
+        pct = f" ({100 * s['step'] / tot:.1f}%)" if tot else ""
+        lines.append(f"step {s['step']}/{tot}{pct}  epoch {s['epoch']}  "
+                     f"{s['steps_per_s']:.2f} steps/s  {s['step_ms']:.0f} ms/step  "
+                     f"{s['frames_per_s']:.0f} frames/s  ETA {_hms(s.get('eta_s'))}")
+        lines.append(f"lr {s['lr']:.3e}  grad norm {s['grad_norm']:.3f}  skipped steps "
+                     f"{s['skipped']}")
+        lines.append("loss      " + "  ".join(f"{k} {v:.4f}" for k, v in s["loss"].items()))
+        lines.append("avg(50)   " + "  ".join(f"{k} {v:.4f}" for k, v in s["avg"].items()))
+    else:
+        lines.append("no training step logged yet")
+    for v in s["val"]:
+        lines.append(f"validation @ {v['step']}: {v['loss']['total']:.4f} (best "
+                     f"{v['best']:.4f})")
+    for c in s["checkpoints"]:
+        lines.append(f"checkpoint {c['kind']:<11} step {c['step']:<8} {c['path']}")
+    if s["end"]:
+        lines.append(f"run ended: {s['end']['status']} at step {s['end'].get('step')}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastcpu.monitor",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", help="the run directory (contains metrics.jsonl)")
+    ap.add_argument("--once", action="store_true", help="print once (plain text) and exit")
+    ap.add_argument("--interval", type=float, default=2.0, help="refresh seconds")
+    a = ap.parse_args(argv)
+    run = Path(a.run_dir)
+    log = run / "metrics.jsonl"
+    if not log.is_file():
+        print(f"error: {log}: no such file (is {run} a fastcpu run directory?)",
+              file=sys.stderr)
+        return 2
+    if a.once or not sys.stdout.isatty():
+        while True:
+            s = summarize(read_log(log))
+            print(render_plain(run, s), flush=True)
+            if a.once or s["end"]:
+                return 0
+            time.sleep(max(a.interval, 5.0))
+    try:
+        from rich.live import Live
+        from rich.panel import Panel
+    except ImportError:
+        Live = None
+    try:
+        if Live is None:
+            while True:
+                s = summarize(read_log(log))
+                sys.stdout.write("\033[2J\033[H" + render_plain(run, s) + "\n")
+                sys.stdout.flush()
+                if s["end"]:
+                    return 0
+                time.sleep(a.interval)
+        with Live(refresh_per_second=4) as live:
+            while True:
+                s = summarize(read_log(log))
+                live.update(Panel(render_plain(run, s), title="fastcpu"))
+                if s["end"]:
+                    return 0
+                time.sleep(a.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
