@@ -10,8 +10,8 @@ import pytest
 
 from fastcpu.data import BUNDLED_CORPUS, DataError, PreprocessedCorpus, textgrid
 from fastcpu.data import features as F
-from fastcpu.preprocess import main as preprocess_main
-from fastcpu.preprocess import preprocess
+from fastcpu.data.preprocess import main as preprocess_main
+from fastcpu.data.preprocess import preprocess
 
 espeak = pytest.importorskip("fastcpu.data.espeak")
 from fastcpu.data.espeak_corpus import build, main as build_main  # noqa: E402
