@@ -213,14 +213,14 @@ def _gib(n):
 
 class Trainer:
     def __init__(self, cfg, root, train, val, run_dir: Path, resume=None, fault=None,
-                 step_delay=0.0, out=sys.stdout):
+                 step_delay=0.0, out=None):
         from fastcpu import nn
         from fastcpu.data import Batcher
         from fastcpu.models import FastSpeech2, FastSpeech2Loss
         from fastcpu.optim import Adam
         self.cfg, self.root, self.train_set, self.val_set = cfg, root, train, val
-        self.run_dir, self.out = run_dir, out
-        self.tty = out.isatty()
+        self.run_dir, self.out = run_dir, out or sys.stdout
+        self.tty = self.out.isatty()
         nn.init.manual_seed(cfg.train.seed)
         self.model = FastSpeech2(cfg.model)
         self.buffer = nn.flatten_parameters(self.model)

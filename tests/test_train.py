@@ -177,7 +177,7 @@ def test_exception_mid_step_saves_the_last_good_state_and_reraises(baseline, tmp
 
 def test_nonfinite_steps_are_skipped_and_reported(tmp_path):
     r = run_cli(*tiny(tmp_path, "--debug-fault", "nan@5:6", "--set", "train.max_nonfinite=3",
-                      steps=10))
+                      "--set", "train.save_step=2", "--set", "train.keep_last=2", steps=10))
     assert r.returncode == 0, r.stderr
     run = tmp_path / "tiny"
     skips = records(run, "skip")
@@ -187,6 +187,9 @@ def test_nonfinite_steps_are_skipped_and_reported(tmp_path):
     assert "step 5: skipped (non-finite loss, 1 in a row)" in r.stdout
     t, meta = weights(run / "checkpoints" / "final.safetensors")
     assert meta["optimizer_step"] == 8 and all(np.isfinite(v).all() for v in t.values())
+    # keep-last-2 retention of the periodic checkpoints
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == [
+        "step-00000008.safetensors", "step-00000010.safetensors"]
 
 
 def test_too_many_nonfinite_steps_stop_with_an_emergency_checkpoint(tmp_path):
@@ -350,3 +353,29 @@ def test_configs_load():
     s = load_config(REPO / "configs" / "stable.yaml")
     assert (s.optimizer.lr, s.train.batch_size, s.optimizer.grad_acc_step,
             s.optimizer.grad_clip_thresh, s.model.encoder_dropout) == (5e-5, 8, 4, 0.5, 0.2)
+
+
+def test_early_stopping_and_divergence_warning(tmp_path, monkeypatch, capsys):
+    """The loop's decisions, with validation results scripted: best at step 1, then worse."""
+    from fastcpu.config import load_config
+    from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus
+    from fastcpu.train import TERMS, Trainer
+    cfg = load_config(TINY, ["train.val_step=1", "train.early_stop_patience=2",
+                             "train.total_step=20", f"train.output_dir={tmp_path}"])
+    data = PreprocessedCorpus(BUNDLED_CORPUS, "train.txt")
+    run = tmp_path / "tiny"
+    run.mkdir()
+    tr = Trainer(cfg, BUNDLED_CORPUS, data, data, run)
+    scripted = iter([5.0, 6.0, 1000.0])
+
+    def fake_validate():
+        v = next(scripted)
+        return {"total": v, **{k: v / 5 for k in TERMS}}, None
+    monkeypatch.setattr(tr, "validate", fake_validate)
+    assert tr.run() == 0
+    vals = records(run, "val")
+    assert [v["step"] for v in vals] == [1, 2, 3] and vals[0]["best"] == 5.0
+    assert records(run, "early_stop")[0]["step"] == 3
+    assert "diverging" in vals[2]["warning"] and "warning" not in vals[0]
+    assert "early stopping: no validation improvement in 2 validations" in capsys.readouterr().out
+    assert max(train_losses(run)) == 3
