@@ -711,7 +711,7 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
              runtime.format_info(),
              f"data: {root}  ({len(train)} train / {len(val)} val utterances, "
              f"{int(train.frames.sum()) * 256 / 22050 / 3600:.2f} h)",
-             f"model: {n_params:,} parameters; batch {c.batch_size} x accumulation "
+             f"model: {n_params:,} trainable parameters; batch {c.batch_size} x accumulation "
              f"{o.grad_acc_step}; {o.schedule} schedule, warm-up {o.warm_up_step}, clip "
              f"{o.grad_clip_thresh}",
              f"plan: {c.total_step} steps"

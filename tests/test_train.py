@@ -379,3 +379,34 @@ def test_early_stopping_and_divergence_warning(tmp_path, monkeypatch, capsys):
     assert "diverging" in vals[2]["warning"] and "warning" not in vals[0]
     assert "early stopping: no validation improvement in 2 validations" in capsys.readouterr().out
     assert max(train_losses(run)) == 3
+
+
+def test_signal_during_validation_saves_and_the_resumed_run_validates_first(tmp_path):
+    """A stop request seen inside the validation loop: the validation is abandoned, the state
+    saved as `interrupted` with the validation pending, and the resumed run does it first."""
+    from fastcpu.config import load_config
+    from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus
+    from fastcpu.train import Trainer, resolve_resume
+    cfg = load_config(TINY, ["train.val_step=3", "train.total_step=6",
+                             f"train.output_dir={tmp_path}"])
+    tr_set = PreprocessedCorpus(BUNDLED_CORPUS, "train.txt")
+    va_set = PreprocessedCorpus(BUNDLED_CORPUS, "val.txt")
+    run = tmp_path / "tiny"
+    run.mkdir()
+    tr = Trainer(cfg, BUNDLED_CORPUS, tr_set, va_set, run)
+    load = tr.load_batch
+
+    def load_and_signal(dataset, idx):
+        if dataset is va_set:
+            tr.stop_signal = "SIGTERM"          # what the handler does
+        return load(dataset, idx)
+    tr.load_batch = load_and_signal
+    assert tr.run() == 0
+    path, tensors, meta = resolve_resume(str(run))
+    assert path.name == "interrupted.safetensors"
+    assert meta["state"]["step"] == 3 and meta["state"]["pending_val"] is True
+    assert not records(run, "val")
+    tr2 = Trainer(cfg, BUNDLED_CORPUS, tr_set, va_set, run, resume=(path, tensors, meta))
+    assert tr2.run() == 0
+    vals = records(run, "val")
+    assert [(v["step"], v["why"]) for v in vals] == [(3, "resumed"), (6, "step")]
