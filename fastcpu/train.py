@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m fastcpu.train", description=__doc__.split("\n\n")[0],
                  epilog=__doc__.split("\n\n", 2)[2],
                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML config (default: configs/demo.yaml); see configs/")
+    ap.add_argument("--config", help="YAML config file, or the name of one in configs/ "
+                                     "(ljspeech, demo, stable, tiny); default: demo")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override any config value (repeatable), e.g. --set optimizer.lr=5e-5")
     for flag, (key, tp, hlp) in FLAGS.items():
@@ -147,6 +148,20 @@ def resolve_resume(target: str, log=print):
                      f"({len(cands)} file(s) found, none loadable)")
 
 
+def config_path(name):
+    """--config value -> file: a path as given, or a bare name ("stable") from configs/."""
+    if name is None:
+        p = REPO_CONFIGS / "demo.yaml"
+        if not p.is_file():
+            raise UsageError(f"no --config given and the default {p} is missing (install from a "
+                             f"source checkout with `pip install -e .`, or pass --config FILE)")
+        return p
+    p = Path(name)
+    if not p.exists() and p.suffix == "" and (REPO_CONFIGS / f"{name}.yaml").is_file():
+        return REPO_CONFIGS / f"{name}.yaml"
+    return p
+
+
 def load_run_config(args, resume_meta=None):
     from fastcpu.config import ConfigError, from_dict, load_config, apply_override, \
         parse_override, Config
@@ -158,8 +173,7 @@ def load_run_config(args, resume_meta=None):
                 keys, value = parse_override(text)
                 apply_override(data, keys, value)
             return from_dict(Config, data, "checkpoint config").validate()
-        path = Path(args.config) if args.config else REPO_CONFIGS / "demo.yaml"
-        return load_config(path, overrides)
+        return load_config(config_path(args.config), overrides)
     except ConfigError as e:
         raise UsageError(str(e)) from None
 
