@@ -108,7 +108,6 @@ def _override_list(args) -> list:
 
 def find_checkpoints(path: Path) -> list:
     """Checkpoint files under a run or checkpoint directory, newest (highest step) first."""
-    from fastcpu import checkpoint
     d = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = []
     for p in d.glob("*.safetensors"):
@@ -120,7 +119,6 @@ def find_checkpoints(path: Path) -> list:
             found.append((int(meta["state"]["step"]), p.stat().st_mtime, p))
         except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
             found.append((-1, p.stat().st_mtime, p))       # unreadable: tried last
-    del checkpoint
     return [p for _, _, p in sorted(found, reverse=True)]
 
 
@@ -281,14 +279,14 @@ class Trainer:
         self.batcher.load_state_dict(st["sampler"])
         nn.init.set_state(st["rng"])
 
-    def save(self, kind: str, state=None, reason=None) -> Path:
+    def save(self, kind: str, state=None, reason=None, epoch=None) -> Path:
         from fastcpu import checkpoint, runtime
         from fastcpu.config import to_dict
         st = dict(state or self.light_state())
         if not math.isfinite(st["best_val"]):
             st["best_val"] = None
-        name = {"step": f"step-{st['step']:08d}",
-                "epoch": f"epoch-{st['sampler']['epoch']:04d}"}.get(kind, kind)
+        name = (f"step-{st['step']:08d}" if kind == "step" else
+                f"epoch-{epoch:04d}" if kind == "epoch" else kind)
         meta = {"kind": kind, "state": st, "config": to_dict(self.cfg),
                 "fastcpu_version": fastcpu.__version__, "threads": runtime.num_threads(),
                 "optimizer_step": self.opt.t, "saved_at": time.time()}
@@ -344,7 +342,7 @@ class Trainer:
         return self._epoch_cache[epoch]
 
     def next_indices(self):
-        """The next sub-batch; -> (indices, epoch_ended)."""
+        """The next sub-batch; -> (indices, the epoch it completed or None)."""
         b = self.batcher
         batches = self._batches(b.epoch)
         if b.pos >= len(batches):
@@ -352,7 +350,11 @@ class Trainer:
             batches = self._batches(b.epoch)
         idx = batches[b.pos]
         b.pos += 1
-        return idx, b.pos >= len(batches)
+        return idx, (b.epoch if b.pos >= len(batches) else None)
+
+    def epochs_done(self) -> int:
+        b = self.batcher
+        return b.epoch + (b.pos >= len(self._batches(b.epoch)))
 
     def load_batch(self, dataset, idx):
         from fastcpu.data import collate
@@ -403,11 +405,12 @@ class Trainer:
         acc = self.cfg.optimizer.grad_acc_step
         times = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
         t0 = time.perf_counter()
-        batches, epoch_end = [], False
+        batches, epoch_end = [], None
         with profile.span("data", "data"):
             for _ in range(acc):
                 idx, ended = self.next_indices()
-                epoch_end |= ended
+                if ended is not None:
+                    epoch_end = ended
                 batches.append(self.load_batch(self.train_set, idx))
         times["data"] = time.perf_counter() - t0
         if not self.model.training:
@@ -592,7 +595,7 @@ class Trainer:
                 self.run_validation("resumed")
             while self.stop_signal is None:
                 if self.step >= c.total_step or (c.num_epochs and
-                                                  self.batcher.epoch >= c.num_epochs):
+                                                  self.epochs_done() >= c.num_epochs):
                     break
                 good, good_buffers = self.light_state(), self.buffers()
                 profiling = bool(c.profile_steps) and prof_left > 0 or (
@@ -625,14 +628,14 @@ class Trainer:
                 self.progress(rec, t_start, steps_at_start)
                 if self.step_delay:
                     time.sleep(self.step_delay)
-                finished_epoch = epoch_end and rec["event"] != "skip"
+                finished_epoch = epoch_end is not None and rec["event"] != "skip"
                 if self.step % c.val_step == 0 or finished_epoch:
                     if not self.run_validation("epoch" if finished_epoch else "step"):
                         break
                 if self.step % c.save_step == 0:
                     self.save("step")
-                if epoch_end:
-                    self.save("epoch")
+                if epoch_end is not None:
+                    self.save("epoch", epoch=epoch_end)
                 if c.early_stop_patience and self.bad_vals >= c.early_stop_patience:
                     self.say(f"early stopping: no validation improvement in "
                              f"{self.bad_vals} validations")

@@ -410,3 +410,14 @@ def test_signal_during_validation_saves_and_the_resumed_run_validates_first(tmp_
     assert tr2.run() == 0
     vals = records(run, "val")
     assert [(v["step"], v["why"]) for v in vals] == [(3, "resumed"), (6, "step")]
+
+
+def test_num_epochs_stops_at_the_epoch_end_with_an_epoch_checkpoint(tmp_path):
+    r = run_cli(*tiny(tmp_path, "--num-epochs", "1", "--set", "train.val_step=1000",
+                      steps=1000))
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "tiny"
+    steps = max(train_losses(run))
+    assert steps == 224 // 4                          # 224 utterances, batches of 4
+    assert [(v["step"], v["why"]) for v in records(run, "val")] == [(steps, "epoch")]
+    assert (run / "checkpoints" / "epoch-0000.safetensors").exists()
