@@ -733,8 +733,9 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
              f"{o.grad_clip_thresh}",
              f"plan: {c.total_step} steps"
              + (f" or {c.num_epochs} epochs" if c.num_epochs else "")
-             + f" (~{spe // max(o.grad_acc_step, 1)} steps/epoch); validate every "
-             f"{c.val_step}, save every {c.save_step}",
+             + f" (~{spe // max(o.grad_acc_step, 1)} steps/epoch, ~"
+             f"{c.total_step / max(1, spe // max(o.grad_acc_step, 1)):.1f} epochs); validate "
+             f"every {c.val_step}, save every {c.save_step}",
              f"memory: weights {_gib(mem['weights'])} + grads {_gib(mem['grads'])} + Adam "
              f"{_gib(mem['adam'])} + activations ~{_gib(mem['activations'])} (estimated for "
              f"the longest batch: {mem['max_phones']} phonemes / {mem['max_frames']} frames)"]
@@ -763,11 +764,18 @@ def main(argv=None) -> int:
     with runtime.threads(threads), runtime.keep_memory():
         from fastcpu.models import FastSpeech2
         if args.dry_run:
-            n_params = sum(int(np.prod(s.shape)) for s in FastSpeech2(cfg.model)
-                           .state_dict().values())
+            from fastcpu.data import DataError
+            try:                                   # every value of every utterance, now
+                train.validate()
+                val.validate()
+            except DataError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            n_params = FastSpeech2(cfg.model).num_parameters(trainable_only=True)
             print(banner(cfg, root, train, val, n_params, memory_plan(cfg, n_params, train),
                          run_dir, resume and resume[0]))
-            print("dry run: config and data are valid; nothing trained")
+            print(f"dry run: config and data are valid ({len(train) + len(val)} utterances "
+                  f"checked); nothing trained")
             return 0
         run_dir.mkdir(parents=True, exist_ok=True)
         import yaml
