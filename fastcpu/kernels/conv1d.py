@@ -61,7 +61,7 @@ def _valid(lengths, B, T, To):
     return np.arange(T)[None, :] < L[:, None]                    # (B, T) True = real frame
 
 
-def forward_reference(x, w, b=None, padding=None, lengths=None, wt=None):
+def forward_reference(x, w, b=None, padding=None, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
     if lengths is not None:
         ok = _valid(lengths, B, T, To)[..., None]
@@ -85,7 +85,7 @@ def _new_dx(dx, x):
     return dx, False
 
 
-def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None, wt=None):
+def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
     dx, _ = _new_dx(dx, x)
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
     if lengths is not None:
@@ -270,18 +270,12 @@ def _cols_numba(x, K, pad, To):
     return cols
 
 
-def gemm_weight(w):
-    """Wt (Co, K*Ci) = w.transpose(0, 2, 1) flattened — the GEMM layout of the weight. Callers
-    that run forward and backward with the same weight (autograd) compute it once and pass it
-    as ``wt=`` to both (a transpose of the whole weight saved per call)."""
+def _wt(w):
+    """Wt (Co, K*Ci) = w.transpose(0, 2, 1) flattened — the GEMM layout of the weight."""
     return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(w.shape[0], -1)
 
 
-def _wt(w, wt=None):
-    return gemm_weight(w) if wt is None else wt
-
-
-def _forward_rows_numba(x, w, b, pad, lengths, wt=None):
+def _forward_rows_numba(x, w, b, pad, lengths):
     B, T, Ci = x.shape
     Co, _, K = w.shape
     L = np.asarray(lengths, dtype=np.int64)
@@ -292,14 +286,14 @@ def _forward_rows_numba(x, w, b, pad, lengths, wt=None):
     yc = scratch("conv1d.rows", (M, Co), x.dtype)
     if M:
         _im2col_rows_nb(x, L, off, K, pad, cols)
-        np.matmul(cols, _wt(w, wt).T, out=yc)
+        np.matmul(cols, _wt(w).T, out=yc)
     if y.size:
         _scatter_rows_nb(yc, L, off, b if b is not None else np.zeros(0, x.dtype), b is not None,
                          y)
     return y
 
 
-def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths, acc=True, wt=None):
+def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths, acc=True):
     B, T, Ci = x.shape
     Co, _, K = w.shape
     L = np.asarray(lengths, dtype=np.int64)
@@ -321,24 +315,24 @@ def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths, acc=True, wt=None):
     else:
         _dw_scatter_nb(dwt, dw)
     if dx is not None:
-        dcols = np.matmul(dyc, _wt(w, wt), out=cols)         # cols is consumed: reuse it
+        dcols = np.matmul(dyc, _wt(w), out=cols)             # cols is consumed: reuse it
         _col2im_rows_nb(dcols, L, off, K, pad, dx, acc)
 
 
-def forward_numba(x, w, b=None, padding=None, lengths=None, wt=None):
+def forward_numba(x, w, b=None, padding=None, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
     if lengths is not None:
         _valid(lengths, B, T, To)
-        return _forward_rows_numba(np.ascontiguousarray(x), w, b, pad, lengths, wt)
+        return _forward_rows_numba(np.ascontiguousarray(x), w, b, pad, lengths)
     cols = _cols_numba(np.ascontiguousarray(x), K, pad, To)
     y = np.empty((B * To, Co), x.dtype)
-    np.matmul(cols, _wt(w, wt).T, out=y)
+    np.matmul(cols, _wt(w).T, out=y)
     if b is not None and y.size:
         _bias_nb(y, b)
     return y.reshape(B, To, Co)
 
 
-def backward_numba(dy, x, w, padding, dx, dw, db, lengths=None, wt=None):
+def backward_numba(dy, x, w, padding, dx, dw, db, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
     acc = not isinstance(dx, str)
     if not acc:
@@ -347,13 +341,13 @@ def backward_numba(dy, x, w, padding, dx, dw, db, lengths=None, wt=None):
     if lengths is not None:
         _valid(lengths, B, T, To)
         _backward_rows_numba(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad, dx, dw,
-                             db, lengths, acc, wt)
+                             db, lengths, acc)
         return dx
-    _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To, wt)
+    _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To)
     return dx
 
 
-def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To, wt=None):
+def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To):
     dy2 = np.ascontiguousarray(dy).reshape(B * To, Co)
     if db is not None and dy2.shape[0]:
         _colsum_nb(dy2, db, max(1, min(64, dy2.shape[0])))
@@ -370,11 +364,11 @@ def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To, wt
     if dx is not None:
         if K == 1 and pad == 0:
             if acc:
-                dx.reshape(B * T, Ci)[...] += dy2 @ _wt(w, wt)
+                dx.reshape(B * T, Ci)[...] += dy2 @ _wt(w)
             else:
-                np.matmul(dy2, _wt(w, wt), out=dx.reshape(B * T, Ci))
+                np.matmul(dy2, _wt(w), out=dx.reshape(B * T, Ci))
         else:
-            dcols = np.matmul(dy2, _wt(w, wt), out=scratch("conv1d.cols", (B * To, K * Ci)))
+            dcols = np.matmul(dy2, _wt(w), out=scratch("conv1d.cols", (B * To, K * Ci)))
             _col2im_nb(dcols, K, pad, To, dx, acc)
 
 
@@ -385,25 +379,24 @@ def _cython():
     from fastcpu.kernels import _cybuild
     cy = _cybuild.module("conv1d")
 
-    def forward(x, w, b=None, padding=None, lengths=None, wt=None):
+    def forward(x, w, b=None, padding=None, lengths=None):
         B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
         if lengths is not None:
             raise ValueError("conv1d: lengths are supported by the numba and reference backends")
         y = np.empty((B, To, Co), np.float32)
         cols = scratch("conv1d.cols", (B * To, K * Ci) if (K, pad) != (1, 0) else (0, 0))
-        cy.forward(np.ascontiguousarray(x), _wt(w, wt), b, pad, To, y, cols,
-                   runtime.num_threads())
+        cy.forward(np.ascontiguousarray(x), _wt(w), b, pad, To, y, cols, runtime.num_threads())
         return y
 
-    def backward(dy, x, w, padding, dx, dw, db, lengths=None, wt=None):
+    def backward(dy, x, w, padding, dx, dw, db, lengths=None):
         B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
         if lengths is not None:
             raise ValueError("conv1d: lengths are supported by the numba and reference backends")
         dx, _ = _new_dx(dx, x)
         dwt = np.zeros((Co, K * Ci), np.float32)
         cols = scratch("conv1d.cols", (B * To, K * Ci) if (K, pad) != (1, 0) else (0, 0))
-        cy.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), _wt(w, wt), pad, dx, dwt,
-                    db, cols, runtime.num_threads())
+        cy.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), _wt(w), pad, dx, dwt, db,
+                    cols, runtime.num_threads())
         if K == 1:
             dw.reshape(Co, Ci)[...] += dwt
         else:
@@ -418,15 +411,15 @@ def _dispatch():
     from fastcpu.kernels import _cybuild
     cy = _cython() if _cybuild.available("conv1d") else None
 
-    def forward(x, w, b=None, padding=None, lengths=None, wt=None):
+    def forward(x, w, b=None, padding=None, lengths=None):
         if lengths is None and cy is not None:
-            return cy.forward(x, w, b, padding, wt=wt)
-        return forward_numba(x, w, b, padding, lengths, wt)
+            return cy.forward(x, w, b, padding)
+        return forward_numba(x, w, b, padding, lengths)
 
-    def backward(dy, x, w, padding, dx, dw, db, lengths=None, wt=None):
+    def backward(dy, x, w, padding, dx, dw, db, lengths=None):
         if lengths is None and cy is not None:
-            return cy.backward(dy, x, w, padding, dx, dw, db, wt=wt)
-        return backward_numba(dy, x, w, padding, dx, dw, db, lengths, wt)
+            return cy.backward(dy, x, w, padding, dx, dw, db)
+        return backward_numba(dy, x, w, padding, dx, dw, db, lengths)
 
     return SimpleNamespace(forward=forward, backward=backward)
 

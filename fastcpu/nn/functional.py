@@ -9,7 +9,6 @@ import numpy as np
 
 from fastcpu import kernels
 from fastcpu.autograd import Function, Tensor
-from fastcpu.kernels.conv1d import gemm_weight as _gemm_weight
 
 
 def _k(name, backend=None):
@@ -39,13 +38,9 @@ def linear(x, w, b=None):
 class _Conv1d(Function):
     @staticmethod
     def forward(ctx, x, w, b, padding, backend, lengths):
-        # the weight in GEMM layout, made once for forward and backward (a transpose saved)
-        wt = _gemm_weight(w) if w.shape[2] > 1 else None
         ctx.save_for_backward(x, w)
         ctx.padding, ctx.backend, ctx.has_b = padding, backend, b is not None
         ctx.kw = {} if lengths is None else {"lengths": lengths}
-        if wt is not None:
-            ctx.kw["wt"] = wt
         return _k("conv1d", backend).forward(x, w, b, padding, **ctx.kw)
 
     @staticmethod
@@ -55,7 +50,6 @@ class _Conv1d(Function):
         db = ctx.grad_buffer(2) if ctx.has_b else None
         dx = _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, ctx.dx_target(0), dw, db,
                                                 **ctx.kw)
-        ctx.kw = None                     # free the GEMM-layout weight with the saved tensors
         return dx, dw, db
 
 
