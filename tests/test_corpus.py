@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastcpu.data import BUNDLED_CORPUS, DataError, PreprocessedCorpus, textgrid
+from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus, textgrid
 from fastcpu.data import features as F
 from fastcpu.data.preprocess import main as preprocess_main
 from fastcpu.data.preprocess import preprocess

@@ -3,7 +3,6 @@ learns and writes everything, bit-exact resume after SIGINT/SIGTERM, emergency c
 non-finite steps, corrupted checkpoints, exact gradient accumulation, the profiler table and
 trace, the monitor, and one-line exit-status-2 errors for bad input."""
 import json
-import os
 import shutil
 import signal
 import subprocess
