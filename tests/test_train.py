@@ -91,6 +91,26 @@ def test_run_learns_and_writes_metrics_tensorboard_checkpoints_samples(baseline)
     assert "memory: weights" in r.stdout and "blas:" in r.stdout
 
 
+def test_tensorboard_reads_the_event_file(baseline):
+    """TensorBoard's own reader (not just ours) parses scalars, the image and the audio."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run, _ = baseline
+    (ev_file,) = (run / "tb").glob("events.out.tfevents.*")
+    ea = EventAccumulator(str(ev_file), size_guidance={"images": 0, "audio": 0, "scalars": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert {"train/total", "train/lr", "train/grad_norm", "val/total", "val/mel"} <= set(
+        tags["scalars"])
+    total = ea.Scalars("train/total")
+    ours = train_losses(run)
+    assert [e.step for e in total] == [1, 10, 20, 30]
+    assert all(abs(e.value - ours[e.step]) <= 1e-5 * abs(ours[e.step]) for e in total)
+    (img,) = ea.Images("val/mel_target_over_prediction")[-1:]
+    assert img.encoded_image_string.startswith(b"\x89PNG") and img.height > 80
+    (aud,) = ea.Audio("val/griffin_lim")[-1:]
+    assert aud.sample_rate == 22050 and aud.content_type == "audio/wav"
+
+
 def test_profile_table_sums_to_the_step_time_and_trace_parses(tmp_path):
     """configs/demo.yaml (the default run): steps 2-3 profiled."""
     r = run_cli("--config", str(REPO / "configs" / "demo.yaml"), "--output-dir", str(tmp_path),
