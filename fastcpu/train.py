@@ -412,6 +412,7 @@ class Trainer:
                     epoch_end = ended
                 batches.append(self.load_batch(self.train_set, idx))
         times["data"] = time.perf_counter() - t0
+        self._step_buffers = self.buffers()     # restored if this step is skipped
         if not self.model.training:
             self.model.train()
         with profile.span("zero_grad", "optimizer"):
@@ -440,7 +441,10 @@ class Trainer:
         return rec, epoch_end
 
     def _skip(self, rec, why, times, t0):
+        # nothing of a non-finite step is kept: no update, and the BatchNorm running statistics
+        # its forward pass touched (possibly with NaN) are put back
         self.opt.zero_grad()
+        self.model.load_state_dict(self._step_buffers, strict=False)
         self.nonfinite += 1
         self.step = rec["step"]
         times["step"] = time.perf_counter() - t0

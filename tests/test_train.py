@@ -219,6 +219,8 @@ def test_too_many_nonfinite_steps_stop_with_an_emergency_checkpoint(tmp_path):
     t, meta = weights(tmp_path / "tiny" / "checkpoints" / "emergency.safetensors")
     assert meta["optimizer_step"] == 4                # the weights of the last good update
     assert all(np.isfinite(v).all() for v in t.values())
+    # BatchNorm statistics are those after step 4 too (the skipped steps' forwards undone)
+    assert int(t["model/postnet.convolutions.0.1.num_batches_tracked"]) == 4
 
 
 def test_corrupted_checkpoints_are_refused_naming_the_file(baseline, tmp_path):
