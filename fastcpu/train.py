@@ -74,9 +74,26 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def config_keys_help() -> str:
+    """Every config key with its default, from the dataclasses (for --help)."""
+    import dataclasses
+    import textwrap
+    from fastcpu.config import Config
+    lines = ["config keys (YAML sections, or --set section.key=value), with defaults:"]
+    for f in dataclasses.fields(Config):
+        v = getattr(Config(), f.name)
+        if dataclasses.is_dataclass(v):
+            items = ", ".join(f"{g.name}={getattr(v, g.name)!r}" for g in dataclasses.fields(v))
+            lines += textwrap.wrap(f"{f.name}: {items}", 96, initial_indent="  ",
+                                   subsequent_indent="      ")
+        else:
+            lines.append(f"  {f.name}={v!r}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m fastcpu.train", description=__doc__.split("\n\n")[0],
-                 epilog=__doc__.split("\n\n", 2)[2],
+                 epilog=__doc__.split("\n\n", 2)[2] + "\n" + config_keys_help(),
                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="YAML config file, or the name of one in configs/ "
                                      "(ljspeech, demo, stable, tiny); default: demo")

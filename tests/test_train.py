@@ -360,6 +360,12 @@ def test_help_documents_every_option_and_dry_run_plans(capsys, tmp_path):
                  "--max-steps", "--threads", "--seed", "--resume-from", "--dry-run",
                  "--profile-steps", "--data-dir"):
         assert flag in out, flag
+    import dataclasses
+    from fastcpu.config import Config
+    for section in dataclasses.fields(Config):       # and every config key, with its default
+        sub = getattr(Config(), section.name)
+        for f in (dataclasses.fields(sub) if dataclasses.is_dataclass(sub) else ()):
+            assert f"{f.name}=" in " ".join(out.split()), f"{section.name}.{f.name}"
     assert train_main(["--config", TINY, "--output-dir", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "steps/epoch" in out and "memory: weights" in out and "dry run" in out
