@@ -30,11 +30,17 @@ import numpy as np
 
 from fastcpu.kernels._common import PJIT, scratch
 
-# auto = "dispatch": Cython for plain convs, Numba when ``lengths`` is given (the Cython kernel has
-# no lengths path). Measured with `python -m pytest benchmarks/test_kernels.py -k conv1d
-# --benchmark-only` (2 threads, OpenBLAS vars unset, 2026-11-22), two runs, fwd+bwd medians:
-# 256->1024 k9 Cython 255/261 ms vs Numba 268/296; 1024->256 k1 44/49 vs 68/61.
-AUTO = "dispatch"
+# auto = Numba (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS). Isolated, the two fast
+# backends trade places from run to run and sit near PyTorch (`python -m pytest
+# benchmarks/test_kernels.py -k conv1d --benchmark-only`, 2 threads, OpenBLAS vars unset,
+# 2026-11-22, fwd+bwd medians, three runs): 256->1024 k9 Cython 255/261/304 ms vs Numba
+# 268/296/288; 1024->256 k1 44/49/61 vs 68/61/41. Inside a FastSpeech2 step Numba wins clearly:
+# the Cython kernel's GEMMs go through SciPy's OpenBLAS (a second OpenBLAS with its own thread
+# pool) while every other GEMM of the step uses NumPy's, and alternating between the two pools
+# costs far more than either kernel's own time. Steps alternating Cython / Numba for the plain
+# convs (PostNet k5, variance predictors k3) in one process, LJSpeech config, 2 threads: B=8
+# 1.615 / 1.347 s and 1.547 / 1.285 s; B=16 5.26 / 4.97 s.
+AUTO = "numba"
 
 
 def _geometry(x, w, padding):
@@ -407,7 +413,7 @@ def _cython():
 
 
 def _dispatch():
-    """Per call: the Cython kernel for plain convs, Numba for ``lengths`` (see AUTO)."""
+    """Per call: the Cython kernel for plain convs, Numba for ``lengths``."""
     from fastcpu.kernels import _cybuild
     cy = _cython() if _cybuild.available("conv1d") else None
 
