@@ -116,11 +116,26 @@ def save_training_state(path, model, optimizer=None, meta: dict | None = None) -
     return save(path, tensors, meta)
 
 
-def load_training_state(path, model, optimizer=None) -> dict:
-    """Load into ``model`` (strict) and ``optimizer``; returns the meta dict."""
-    tensors, meta = load(path)
+def apply_training_state(tensors: dict, meta: dict, model, optimizer=None) -> dict:
+    """Load checkpoint contents (``load``'s result) into ``model`` (strict) and ``optimizer``;
+    returns the meta dict."""
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     if optimizer is not None:
         optimizer.load_state_tensors({k[6:]: v for k, v in tensors.items()
                                       if k.startswith("optim/")}, meta.get("optimizer_step", 0))
     return meta
+
+
+def load_training_state(path, model, optimizer=None) -> dict:
+    """Load into ``model`` (strict) and ``optimizer``; returns the meta dict."""
+    tensors, meta = load(path)
+    return apply_training_state(tensors, meta, model, optimizer)
+
+
+def peek_meta(path) -> dict:
+    """The JSON metadata from a checkpoint's header alone — cheap, and *not* verified (the
+    checksum covers the whole file: use ``load`` before trusting anything)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(min(n, 1 << 24)))
+    return json.loads(header["__metadata__"]["fastcpu"])

@@ -59,11 +59,13 @@ def summarize(records: list, window: int = 50) -> dict:
     return s
 
 
-def _hms(x):
-    if x is None:
+def hms(x) -> str:
+    """Seconds -> "m:ss" or "h:mm:ss"; "?" for None or a non-finite value."""
+    if x is None or x != x or x in (float("inf"), float("-inf")):
         return "?"
     x = int(x)
-    return f"{x // 3600}:{x // 60 % 60:02d}:{x % 60:02d}"
+    return f"{x // 3600}:{x // 60 % 60:02d}:{x % 60:02d}" if x >= 3600 else \
+        f"{x // 60}:{x % 60:02d}"
 
 
 def render_plain(run: Path, s: dict) -> str:
@@ -73,7 +75,7 @@ def render_plain(run: Path, s: dict) -> str:
         pct = f" ({100 * s['step'] / tot:.1f}%)" if tot else ""
         lines.append(f"step {s['step']}/{tot}{pct}  epoch {s['epoch']}  "
                      f"{s['steps_per_s']:.2f} steps/s  {s['step_ms']:.0f} ms/step  "
-                     f"{s['frames_per_s']:.0f} frames/s  ETA {_hms(s.get('eta_s'))}")
+                     f"{s['frames_per_s']:.0f} frames/s  ETA {hms(s.get('eta_s'))}")
         lines.append(f"lr {s['lr']:.3e}  grad norm {s['grad_norm']:.3f}  skipped steps "
                      f"{s['skipped']}")
         lines.append("loss      " + "  ".join(f"{k} {v:.4f}" for k, v in s["loss"].items()))

@@ -36,12 +36,15 @@ class Profiler:
         self.paused_s = 0.0         # time spent paused (excluded from the wall time)
         self._paused_at = None
 
-    def __enter__(self):
+    def _activate(self):
         global _active
         with _lock:
             if _active is not None:
                 raise RuntimeError("a profiler is already running")
             _active = self
+
+    def __enter__(self):
+        self._activate()
         self.t_start = time.perf_counter()
         return self
 
@@ -58,11 +61,7 @@ class Profiler:
         _active = None
 
     def resume(self):
-        global _active
-        with _lock:
-            if _active is not None:
-                raise RuntimeError("a profiler is already running")
-            _active = self
+        self._activate()
         self.paused_s += time.perf_counter() - self._paused_at
         self._paused_at = None
 

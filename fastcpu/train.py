@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import signal
+import struct
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import fastcpu
+from fastcpu.monitor import hms
 
 EXIT_USAGE = 2
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -124,16 +126,13 @@ def _override_list(args) -> list:
 
 def find_checkpoints(path: Path) -> list:
     """Checkpoint files under a run or checkpoint directory, newest (highest step) first."""
+    from fastcpu import checkpoint
     d = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = []
     for p in d.glob("*.safetensors"):
         try:
-            with open(p, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(min(n, 1 << 20)))
-            meta = json.loads(header["__metadata__"]["fastcpu"])
-            found.append((int(meta["state"]["step"]), p.stat().st_mtime, p))
-        except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
+            found.append((int(checkpoint.peek_meta(p)["state"]["step"]), p.stat().st_mtime, p))
+        except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError, struct.error):
             found.append((-1, p.stat().st_mtime, p))       # unreadable: tried last
     return [p for _, _, p in sorted(found, reverse=True)]
 
@@ -325,12 +324,9 @@ class Trainer:
             p.unlink()
 
     def _load(self, path, tensors, meta):
-        from fastcpu import runtime
+        from fastcpu import checkpoint, runtime
         try:
-            self.model.load_state_dict({k[6:]: v for k, v in tensors.items()
-                                        if k.startswith("model/")})
-            self.opt.load_state_tensors({k[6:]: v for k, v in tensors.items()
-                                         if k.startswith("optim/")}, meta["optimizer_step"])
+            checkpoint.apply_training_state(tensors, meta, self.model, self.opt)
         except (KeyError, ValueError) as e:
             raise UsageError(f"{path}: does not fit this model ({e})") from None
         self.restore_light(meta["state"])
@@ -590,7 +586,7 @@ class Trainer:
                 f"(mel {l['mel']:.3f} post {l['postnet_mel']:.3f} d {l['duration']:.3f} "
                 f"p {l['pitch']:.3f} e {l['energy']:.3f}) lr {rec['lr']:.2e} "
                 f"|g| {rec['grad_norm']:.2f} {rec['time']['step'] * 1e3:.0f} ms "
-                f"{rec['frames_per_s']:.0f} fr/s ETA {_hms(eta)}")
+                f"{rec['frames_per_s']:.0f} fr/s ETA {hms(eta)}")
         if self.tty:
             frac = self.step / c.total_step
             bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
@@ -716,14 +712,6 @@ class Trainer:
         self.log_event({"event": "profile", "step": self.step, "table": str(d / "table.txt"),
                         "trace": str(d / "trace.json"), "sum_ops_s": sum(
                             v[1] for v in prof.summary().values()), "wall_s": prof.wall})
-
-
-def _hms(s):
-    if not math.isfinite(s):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else \
-        f"{s // 60}:{s % 60:02d}"
 
 
 def _parse_fault(text):

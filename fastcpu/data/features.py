@@ -37,8 +37,8 @@ def hann_periodic(n: int = WIN) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * k / n)
 
 
-def stft_magnitude(wav: np.ndarray) -> np.ndarray:
-    """|STFT| as [513, frames] float32 (centred, reflect padding, periodic Hann)."""
+def stft(wav: np.ndarray) -> np.ndarray:
+    """Complex STFT [513, 1 + n // 256] in float64 (centred, reflect padding, periodic Hann)."""
     wav = np.asarray(wav, dtype=np.float64)
     if wav.ndim != 1:
         raise ValueError(f"wav must be 1-D, got shape {wav.shape}")
@@ -47,8 +47,12 @@ def stft_magnitude(wav: np.ndarray) -> np.ndarray:
                          f"{N_FFT // 2}")
     padded = np.pad(wav, N_FFT // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
-    spec = np.fft.rfft(frames * hann_periodic(N_FFT), axis=1)
-    return np.abs(spec).T.astype(np.float32)
+    return np.fft.rfft(frames * hann_periodic(N_FFT), axis=1).T
+
+
+def stft_magnitude(wav: np.ndarray) -> np.ndarray:
+    """|STFT| as [513, frames] float32."""
+    return np.abs(stft(wav)).astype(np.float32)
 
 
 def _hz_to_mel(f):
@@ -208,9 +212,7 @@ def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0) -> np.ndar
     phase = np.exp(2j * np.pi * np.random.default_rng(seed).random(mag.shape))
     y = istft(mag * phase, length)
     for _ in range(n_iter):
-        padded = np.pad(y, N_FFT // 2, mode="reflect")
-        fr = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:mag.shape[1]]
-        spec = np.fft.rfft(fr * hann_periodic(N_FFT), axis=1).T
+        spec = stft(y)[:, :mag.shape[1]]
         y = istft(mag * np.exp(1j * np.angle(spec)), length)
     peak = np.max(np.abs(y)) if len(y) else 0.0
     return (y / peak * 0.9 if peak > 0 else y).astype(np.float32)
