@@ -26,7 +26,7 @@ def tiny_step(threads=None, config=None):
     t0 = time.perf_counter()
     cfg = config or ModelConfig(encoder_layer=1, decoder_layer=1, encoder_hidden=32,
                                 decoder_hidden=32, conv_filter_size=48, vp_filter_size=32,
-                                postnet_embedding_dim=32, n_bins=16)
+                                postnet_embedding_dim=128, n_bins=16)   # 128: the fast-FIR convs
     rng = np.random.default_rng(0)
     B, L = 3, 9
     lens = np.array([9, 6, 4])

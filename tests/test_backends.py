@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastcpu import kernels
+from fastcpu.kernels import conv1d
 from tests.conftest import assert_close
 
 ELEM = 1e-6      # elementwise ops
@@ -306,6 +307,40 @@ def test_conv1d_lengths(rng, backend, B, T, Ci, Co, K, lengths):
     bufs = [np.zeros_like(t) for t in (x, w, b)]
     once, two = twice(lambda: k.backward(dy, x, w, None, *bufs, lengths=L), bufs)
     check_grads(rb, once, two, RED, "conv1d lengths")
+
+
+@pytest.mark.parametrize("B,T,Ci,Co,K,lengths", [
+    (2, 50, 8, 6, 9, None), (3, 40, 16, 24, 9, [40, 17, 0]), (2, 11, 7, 3, 5, None),
+    (1, 1, 3, 5, 3, None), (2, 3, 5, 7, 9, [3, 2]), (4, 21, 6, 5, 7, [21, 20, 1, 2]),
+    (2, 8, 3, 3, 3, [7, 8]), (2, 37, 128, 16, 5, [37, 30])])
+def test_conv1d_fast_fir(rng, monkeypatch, B, T, Ci, Co, K, lengths):
+    """The 2-parallel fast FIR path (forced on for every K >= 2; the last shape takes it with the
+    default thresholds) against the reference: odd and even lengths, L=0, L=1, T=1, K > T."""
+    monkeypatch.setattr(conv1d, "FIR2_MIN_K", 2)
+    monkeypatch.setattr(conv1d, "FIR2_MIN_CI", 1)
+    assert conv1d._fir2_applies(K, Ci, T, T)
+    ref, k = kernels.get("conv1d", "reference"), kernels.get("conv1d", "fir2")
+    kw = {} if lengths is None else {"lengths": np.array(lengths)}
+    x, w, b = r32(rng, B, T, Ci), r32(rng, Co, Ci, K), r32(rng, Co)
+    y_r = ref.forward(x, w, b, None, **kw)
+    assert_close(k.forward(x, w, b, None, **kw), y_r, RED, "y")
+    assert_close(k.forward(x, w, None, None, **kw), ref.forward(x, w, None, None, **kw), RED,
+                 "y without bias")
+    dy = r32(rng, *y_r.shape)
+    rb = [np.zeros_like(t) for t in (x, w, b)]
+    ref.backward(dy, x, w, None, *rb, **kw)
+    bufs = [np.zeros_like(t) for t in (x, w, b)]
+    once, two = twice(lambda: k.backward(dy, x, w, None, *bufs, **kw), bufs)
+    check_grads(rb, once, two, RED, "conv1d fast FIR")
+    fresh = k.backward(dy, x, w, None, "new", np.zeros_like(w), None, **kw)
+    assert_close(fresh, rb[0], RED, "dx='new'")
+
+
+def test_conv1d_fast_fir_thresholds():
+    assert conv1d._fir2_applies(9, 256, 100, 100) and conv1d._fir2_applies(5, 512, 7, 7)
+    assert not conv1d._fir2_applies(5, 80, 100, 100)       # thin input: direct is faster
+    assert not conv1d._fir2_applies(3, 256, 100, 100)      # short kernel: direct is faster
+    assert not conv1d._fir2_applies(9, 256, 96, 100)       # not a "same" conv
 
 
 @backends_of("attention")

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 OPS = ("attention", "conv1d", "layernorm", "adam", "linear", "dropout", "activations",
        "embedding", "bucketize", "length_regulator", "batchnorm", "losses")
 CYTHON_KERNELS = ("layernorm", "adam", "conv1d", "attention")
-BACKENDS = ("reference", "numba", "cython", "dispatch")   # dispatch: per call, see conv1d
+BACKENDS = ("reference", "numba", "cython", "dispatch", "fir2")   # dispatch, fir2: see conv1d
 
 __all__ = ["get", "available", "OPS", "BACKENDS",
            "attention_forward", "attention_backward", "conv1d_forward", "conv1d_backward",

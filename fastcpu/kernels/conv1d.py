@@ -12,6 +12,9 @@ Fast backends lower the conv to one GEMM through im2col: cols (B*To, K*Ci) with
 cols[b*To + t, k*Ci + c] = x[b, t + k - pad, c] and Wt (Co, K*Ci) = w.transpose(0, 2, 1), so
 y = cols @ Wt^T, dWt = dy^T @ cols and dcols = dy @ Wt (then col2im adds dcols back into dx).
 K=1 with no padding needs no im2col (cols is x). Backward accumulates (+=) into dx, dw, db.
+The ``fir2`` backend (the auto choice) computes wide "same" convs by the 2-parallel fast FIR
+algorithm instead: three GEMMs over half the rows with ceil(K/2), floor(K/2), ceil(K/2) taps
+(``fastcpu.kernels._fir2`` has the maths); equal to the direct conv up to float rounding.
 
 ``lengths`` (B,), optional, for "same" convs (To == T): rows t >= lengths[b] are padding — read as
 zeros on input, written as zeros on output, their dy ignored — and never computed, so a ragged
@@ -28,19 +31,24 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
+from fastcpu.kernels import _fir2
 from fastcpu.kernels._common import PJIT, scratch
 
-# auto = Numba (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS). Isolated, the two fast
-# backends trade places from run to run and sit near PyTorch (`python -m pytest
-# benchmarks/test_kernels.py -k conv1d --benchmark-only`, 2 threads, OpenBLAS vars unset,
-# 2026-11-22, fwd+bwd medians, three runs): 256->1024 k9 Cython 255/261/304 ms vs Numba
-# 268/296/288; 1024->256 k1 44/49/61 vs 68/61/41. Inside a FastSpeech2 step Numba wins clearly:
-# the Cython kernel's GEMMs go through SciPy's OpenBLAS (a second OpenBLAS with its own thread
-# pool) while every other GEMM of the step uses NumPy's, and alternating between the two pools
-# costs far more than either kernel's own time. Steps alternating Cython / Numba for the plain
-# convs (PostNet k5, variance predictors k3) in one process, LJSpeech config, 2 threads: B=8
-# 1.615 / 1.347 s and 1.547 / 1.285 s; B=16 5.26 / 4.97 s.
-AUTO = "numba"
+# auto = fir2: the Numba backend (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS), with
+# the wide "same" convs (K >= 5, Ci >= 128: FFT blocks' k9, PostNet's 512-channel k5) done by the
+# 2-parallel fast FIR algorithm (see forward_fir2), which needs 14/18 (k9) and 8/10 (k5) of the
+# GEMM FLOPs. Whole LJSpeech-config steps alternating numba / fir2 in one process (2 threads,
+# OpenBLAS vars unset): `python benchmarks/ab_step.py --kernel conv1d --backends numba,fir2
+# --batch 8 --phonemes 40-60 --steps 8` -> 1.552 / 1.460 s (0.94x; a run before it 0.88x).
+# Numba rather than Cython: isolated, the two direct backends trade places from run to run near
+# PyTorch (`python -m pytest benchmarks/test_kernels.py -k conv1d --benchmark-only`, 2026-11-22,
+# fwd+bwd medians, three runs: 256->1024 k9 Cython 255/261/304 ms vs Numba 268/296/288;
+# 1024->256 k1 44/49/61 vs 68/61/41), but inside a FastSpeech2 step Numba wins clearly: the
+# Cython kernel's GEMMs go through SciPy's OpenBLAS (a second OpenBLAS with its own thread pool)
+# while every other GEMM of the step uses NumPy's, and alternating between the two pools costs
+# far more than either kernel's own time (steps alternating Cython / Numba for the plain convs:
+# B=8 1.615 / 1.347 s and 1.547 / 1.285 s; B=16 5.26 / 4.97 s).
+AUTO = "fir2"
 
 
 def _geometry(x, w, padding):
@@ -378,6 +386,51 @@ def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To):
             _col2im_nb(dcols, K, pad, To, dx, acc)
 
 
+# ----------------------------------------------------------------------------- fast FIR (Numba)
+
+# Where the fast FIR algorithm pays (isolated fwd / bwd time vs direct, 2 threads, B=8 T=346):
+# 256->1024 k9 0.85 / 0.85, 512->512 k5 0.90 / 0.88, 512->80 k5 0.93 / 0.92; but 80->512 k5
+# 1.18 / 1.02 and 256->256 k3 (T=60) 1.16 / 1.18 — thin inputs and short kernels are better direct.
+FIR2_MIN_K = 5
+FIR2_MIN_CI = 128
+
+
+def _fir2_applies(K, Ci, To, T):
+    return K >= max(2, FIR2_MIN_K) and Ci >= FIR2_MIN_CI and To == T
+
+
+def forward_fir2(x, w, b=None, padding=None, lengths=None):
+    """The Numba backend, with "same" convs of K >= FIR2_MIN_K and Ci >= FIR2_MIN_CI computed by
+    the 2-parallel fast FIR algorithm (``fastcpu.kernels._fir2``: three half-length GEMMs, 14/18
+    of the direct FLOPs at K=9)."""
+    B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    if not _fir2_applies(K, Ci, To, T):
+        return forward_numba(x, w, b, padding, lengths)
+    if lengths is None:
+        L = np.full(B, T, np.int64)
+    else:
+        _valid(lengths, B, T, To)
+        L = np.asarray(lengths, np.int64)
+    return _fir2.forward(np.ascontiguousarray(x), w, b, pad, L)
+
+
+def backward_fir2(dy, x, w, padding, dx, dw, db, lengths=None):
+    B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    if not _fir2_applies(K, Ci, To, T):
+        return backward_numba(dy, x, w, padding, dx, dw, db, lengths)
+    acc = not isinstance(dx, str)
+    if not acc:
+        _new_dx(dx, x)
+        dx = np.empty_like(x)
+    if lengths is None:
+        L = np.full(B, T, np.int64)
+    else:
+        _valid(lengths, B, T, To)
+        L = np.asarray(lengths, np.int64)
+    _fir2.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad, dx, dw, db, L, acc)
+    return dx
+
+
 # ----------------------------------------------------------------------------- Cython binding
 
 def _cython():
@@ -433,6 +486,7 @@ def _dispatch():
 BACKENDS = {
     "reference": lambda: SimpleNamespace(forward=forward_reference, backward=backward_reference),
     "numba": lambda: SimpleNamespace(forward=forward_numba, backward=backward_numba),
+    "fir2": lambda: SimpleNamespace(forward=forward_fir2, backward=backward_fir2),
     "cython": _cython,
     "dispatch": _dispatch,
 }
