@@ -20,7 +20,10 @@ import numpy as np
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", required=True, help="kernel module, e.g. conv1d, attention")
-    ap.add_argument("--backends", required=True, help="two backends, comma-separated")
+    ap.add_argument("--backends", help="two backends, comma-separated")
+    ap.add_argument("--attr", help="instead of backends: a module constant to alternate, e.g. "
+                    "FIR_DEPTH2_MIN_ROWS (with --values)")
+    ap.add_argument("--values", help="two int values for --attr, comma-separated")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--phonemes", default="40-60")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per backend")
@@ -33,17 +36,20 @@ def main(argv=None) -> int:
     from fastcpu.bench import FastcpuSide, make_batch, parse_range
     from fastcpu.config import load_config
     mod = importlib.import_module(f"fastcpu.kernels.{a.kernel}")
-    backs = a.backends.split(",")
+    if (a.backends is None) == (a.attr is None) or (a.attr is None) != (a.values is None):
+        ap.error("give either --backends A,B or --attr NAME --values A,B")
+    backs = (a.backends or a.values).split(",")
     if len(backs) != 2:
-        ap.error("--backends takes exactly two names")
+        ap.error("--backends / --values take exactly two")
     cfg = load_config(a.config or Path(__file__).resolve().parent.parent / "configs" /
                       "ljspeech.yaml")
     lo, hi = (int(v) for v in parse_range(a.phonemes).split("-"))
     batch = make_batch(a.batch, (lo, hi), 0)
-    original = mod.AUTO
+    name = a.attr or "AUTO"
+    original = getattr(mod, name)
 
     def use(be):
-        mod.AUTO = be
+        setattr(mod, name, be if a.attr is None else int(be))
         kernels.get.cache_clear()
 
     try:
@@ -64,7 +70,7 @@ def main(argv=None) -> int:
         use(original)
     med = {be: float(np.median(v)) for be, v in times.items()}
     for be in backs:
-        print(f"{a.kernel} auto={be:<10} median {med[be]:.3f} s   "
+        print(f"{a.kernel} {name}={be:<10} median {med[be]:.3f} s   "
               f"{' '.join(f'{x:.3f}' for x in times[be])}")
     print(f"{backs[1]} / {backs[0]}: {med[backs[1]] / med[backs[0]]:.3f}")
     return 0

@@ -309,16 +309,21 @@ def test_conv1d_lengths(rng, backend, B, T, Ci, Co, K, lengths):
     check_grads(rb, once, two, RED, "conv1d lengths")
 
 
-@pytest.mark.parametrize("B,T,Ci,Co,K,lengths", [
-    (2, 50, 8, 6, 9, None), (3, 40, 16, 24, 9, [40, 17, 0]), (2, 11, 7, 3, 5, None),
-    (1, 1, 3, 5, 3, None), (2, 3, 5, 7, 9, [3, 2]), (4, 21, 6, 5, 7, [21, 20, 1, 2]),
-    (2, 8, 3, 3, 3, [7, 8]), (2, 37, 128, 16, 5, [37, 30])])
-def test_conv1d_fast_fir(rng, monkeypatch, B, T, Ci, Co, K, lengths):
-    """The 2-parallel fast FIR path (forced on for every K >= 2; the last shape takes it with the
-    default thresholds) against the reference: odd and even lengths, L=0, L=1, T=1, K > T."""
-    monkeypatch.setattr(conv1d, "FIR2_MIN_K", 2)
-    monkeypatch.setattr(conv1d, "FIR2_MIN_CI", 1)
-    assert conv1d._fir2_applies(K, Ci, T, T)
+FIR_SHAPES = [(2, 50, 8, 6, 9, None), (3, 40, 16, 24, 9, [40, 17, 0]), (2, 11, 7, 3, 5, None),
+              (1, 1, 3, 5, 3, None), (2, 3, 5, 7, 9, [3, 2]), (4, 21, 6, 5, 7, [21, 20, 1, 2]),
+              (2, 8, 3, 3, 3, [7, 8]), (3, 13, 4, 6, 9, [13, 6, 3]), (2, 37, 128, 16, 5, [37, 30])]
+
+
+@pytest.mark.parametrize("depth,B,T,Ci,Co,K,lengths", [
+    (d,) + shape for d in (1, 2) for shape in FIR_SHAPES if shape[4] >= (1 << d) + 1])
+def test_conv1d_fast_fir(rng, monkeypatch, depth, B, T, Ci, Co, K, lengths):
+    """The fast FIR paths, forced on at the given nesting depth, against the reference: odd and
+    even lengths, L=0, L=1, T=1, K > T, every phase of the depth-2 output."""
+    monkeypatch.setattr(conv1d, "FIR_MIN_K", 2)
+    monkeypatch.setattr(conv1d, "FIR_MIN_CI", 1)
+    monkeypatch.setattr(conv1d, "FIR_DEPTH2_MIN_K", 3 if depth == 2 else 99)
+    monkeypatch.setattr(conv1d, "FIR_DEPTH2_MIN_ROWS", 0)
+    assert conv1d._fir_depth(K, Ci, T, T, 0) == depth
     ref, k = kernels.get("conv1d", "reference"), kernels.get("conv1d", "fir2")
     kw = {} if lengths is None else {"lengths": np.array(lengths)}
     x, w, b = r32(rng, B, T, Ci), r32(rng, Co, Ci, K), r32(rng, Co)
@@ -336,11 +341,22 @@ def test_conv1d_fast_fir(rng, monkeypatch, B, T, Ci, Co, K, lengths):
     assert_close(fresh, rb[0], RED, "dx='new'")
 
 
-def test_conv1d_fast_fir_thresholds():
-    assert conv1d._fir2_applies(9, 256, 100, 100) and conv1d._fir2_applies(5, 512, 7, 7)
-    assert not conv1d._fir2_applies(5, 80, 100, 100)       # thin input: direct is faster
-    assert not conv1d._fir2_applies(3, 256, 100, 100)      # short kernel: direct is faster
-    assert not conv1d._fir2_applies(9, 256, 96, 100)       # not a "same" conv
+def test_conv1d_fast_fir_choice():
+    """Default thresholds: FastSpeech2's wide convs take the fast FIR path, thin ones do not."""
+    assert conv1d._fir_depth(9, 256, 100, 100, 2300) == 2       # decoder FFT conv, B=8
+    assert conv1d._fir_depth(9, 256, 100, 100, 400) == 1        # encoder FFT conv, B=8
+    assert conv1d._fir_depth(5, 512, 7, 7, 3000) == 1           # PostNet
+    assert conv1d._fir_depth(5, 80, 100, 100, 3000) == 0        # thin input: direct is faster
+    assert conv1d._fir_depth(3, 256, 100, 100, 3000) == 0       # short kernel: direct is faster
+    assert conv1d._fir_depth(9, 256, 96, 100, 3000) == 0        # not a "same" conv
+
+
+def test_fast_fir_plan_flops():
+    from fastcpu.kernels._fir2 import plan
+    assert plan(9, 1).flops == pytest.approx(14 / 18) and plan(9, 2).flops == pytest.approx(22 / 36)
+    assert plan(5, 1).flops == pytest.approx(8 / 10)
+    with pytest.raises(ValueError, match="needs K >= 5"):
+        plan(3, 2)
 
 
 @backends_of("attention")

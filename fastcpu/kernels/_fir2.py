@@ -1,30 +1,35 @@
-"""conv1d by the 2-parallel fast FIR algorithm (Karatsuba on the even/odd phases): ~22% fewer FLOPs.
+"""conv1d by fast FIR algorithms (Karatsuba on even/odd phases, nested ``depth`` times).
 
 Same contract as ``conv1d.forward_numba`` / ``backward_numba`` (channels-last x (B, T, Ci),
-PyTorch weight (Co, Ci, K), "same" padding, optional ``lengths``), for K >= 2.
+PyTorch weight (Co, Ci, K), "same" padding, ``lengths`` = valid rows per sequence).
 
-With xp[s] = x[s - pad] (0 outside the valid rows) and y[t] = sum_k W_k xp[t + k], split the taps
-into even We_j = W_2j (ke = ceil(K/2) of them) and odd Wo_j = W_2j+1 (ko = floor(K/2), padded with
-a zero tap to ke), and the input into e[n] = xp[2n], o[n] = xp[2n+1]. With (A * s)[m] =
-sum_j A_j s[m + j]:
+One level. With xp[s] = x[s - pad] (0 outside the valid rows) the conv is the correlation
+y[t] = sum_k W_k xp[t + k]. Write (F * S)[m] = sum_j F_j S[m + j]. Split the taps into even
+Fe_j = F_2j (ceil(n/2) of them) and odd Fo_j = F_2j+1 (floor(n/2), a zero tap appended for Fs),
+and the sequence into e[n] = S[2n], o[n] = S[2n+1], s[n] = o[n] + e[n+1]. Then
 
-    y[2m]     = (We * e)[m] + (Wo * o)[m]
-    y[2m + 1] = (We * o)[m] + (Wo * e)[m + 1]
+    Z[2m]     = (Fe * e)[m] + (Fo * o)[m]                 = P[m] + Q[m]
+    Z[2m + 1] = (Fe * o)[m] + (Fo * e)[m + 1]             = R[m] - P[m + 1] - Q[m]
 
-Karatsuba: P = We * e, Q = Wo * o, R = (We + Wo) * s with s[n] = o[n] + e[n + 1]; then
+with P = Fe * e, Q = Fo * o and R = (Fe + Fo) * s (Karatsuba: three products instead of four).
+P, Q and R are correlations of the same kind at half the rate, so the split nests: at depth d
+there are 3^d "leaf" correlations, each an im2col GEMM over 1/2^d of the rows. A leaf's filter
+taps are sums of original taps, its sequence S_l[n] = sum_{delta in D_l} xp[2^d n + delta], and
+every output phase y[2^d m + p] is a signed sum of leaf outputs Z_l[m + shift]. The tables for
+(K, depth) are derived symbolically once (``plan``); the kernels below just follow them.
 
-    y[2m] = P[m] + Q[m],        y[2m + 1] = R[m] - P[m + 1] - Q[m].
+GEMM FLOPs relative to the direct conv: K=9 depth 1 14/18, depth 2 22/36; K=5 depth 1 8/10.
 
-P, Q, R are each an im2col GEMM over half the rows with ke, ko, ke taps: (2 ke + ko) / (2 K) of
-the direct FLOPs (K=9: 14/18, K=5: 8/10). Every sequence gets Mh + 1 = ceil(L/2) + 1 half-rows
-(P needs row Mh; Q's and R's extra row is unused). Backward is the transpose of the same three
-GEMM pairs: dP[m] = dy[2m] - dy[2m - 1], dQ[m] = dy[2m] - dy[2m + 1], dR[m] = dy[2m + 1]
-(dy read as 0 outside the valid rows); dWe = dP^T cP + dR^T cR, dWo = dQ^T cQ + (dR^T cR)[:ko];
-dcP = dP We, dcQ = dQ Wo, dcR = dR (We + Wo), scattered back to the input rows they were read from.
+Backward is the transpose of every step: dZ_l[m] = sum of coef * dy[2^d (m - shift) + p] over the
+leaf's terms; dW_k += sum over (leaf, tap j) containing k of (dZ_l^T cols_l)[:, j]; the leaf
+columns' gradients dZ_l F_l go back to every input row they were summed from.
 
-The result equals the direct conv up to float rounding (R - P - Q reassociates sums).
+Equal to the direct conv up to float rounding (the sums are re-associated).
 """
 from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
 
 import numba as nb
 import numpy as np
@@ -32,138 +37,196 @@ import numpy as np
 from fastcpu.kernels._common import PJIT, scratch
 
 
-def _half_offsets(L):
-    # rows of sequence b: off[b] .. off[b + 1], ceil(L_b / 2) + 1 of them
-    return np.concatenate([[0], np.cumsum((L + 1) // 2 + 1)]).astype(np.int64)
+# ----------------------------------------------------------------------------- the plan (symbolic)
 
+def _split(node):
+    """One Karatsuba level of a correlation node (filter, stride, offsets) -> P, Q, R nodes."""
+    F, sig, D = node
+    Fe, Fo = F[0::2], F[1::2]
+    Fs = [fe + (Fo[j] if j < len(Fo) else ()) for j, fe in enumerate(Fe)]
+    Do = tuple(d + sig for d in D)
+    return ((tuple(Fe), 2 * sig, D), (tuple(Fo), 2 * sig, Do),
+            (tuple(Fs), 2 * sig, Do + tuple(d + 2 * sig for d in D)))
+
+
+def _expand(node, depth):
+    """-> (leaves, terms): terms[p] = [(leaf, shift, coef)] with Z[2^depth m + p] = sum coef *
+    Z_leaf[m + shift]."""
+    if depth == 0:
+        return [node], [[(0, 0, 1)]]
+    P, Q, R = _split(node)
+    parts = [_expand(n, depth - 1) for n in (P, Q, R)]
+    leaves, base = [], []
+    for lv, _ in parts:
+        base.append(len(leaves))
+        leaves += lv
+    half = 1 << (depth - 1)
+    tP = [[(base[0] + l, s, c) for l, s, c in ph] for ph in parts[0][1]]
+    tQ = [[(base[1] + l, s, c) for l, s, c in ph] for ph in parts[1][1]]
+    tR = [[(base[2] + l, s, c) for l, s, c in ph] for ph in parts[2][1]]
+    terms = []
+    for p in range(1 << depth):
+        q, ph = divmod(p, 2)
+        if ph == 0:                                   # P[n] + Q[n], n = half*m + q
+            terms.append(tP[q] + tQ[q])
+        else:                                         # R[n] - P[n + 1] - Q[n]
+            nxt = [(l, s, -c) for l, s, c in tP[q + 1]] if q + 1 < half else \
+                [(l, s + 1, -c) for l, s, c in tP[0]]
+            terms.append(tR[q] + nxt + [(l, s, -c) for l, s, c in tQ[q]])
+    return leaves, terms
+
+
+@functools.lru_cache(maxsize=None)
+def plan(K: int, depth: int) -> SimpleNamespace:
+    """Flat tables for the Numba kernels: leaves, their taps / offsets, the output terms."""
+    if depth < 0 or (depth > 0 and K < (1 << depth) + 1):
+        raise ValueError(f"fast FIR: depth {depth} needs K >= {(1 << depth) + 1}, got K={K}")
+    leaves, terms = _expand((tuple((k,) for k in range(K)), 1, (0,)), depth)
+    # merge equal (leaf, shift) terms; drop those that cancel
+    merged = []
+    for ph in terms:
+        acc = {}
+        for l, s, c in ph:
+            acc[(l, s)] = acc.get((l, s), 0) + c
+        merged.append([(l, s, c) for (l, s), c in sorted(acc.items()) if c])
+    ntap = np.array([len(F) for F, _, _ in leaves], np.int64)
+    if (ntap == 0).any():
+        raise ValueError(f"fast FIR: K={K} too short for depth {depth}")
+    dstart = np.cumsum([0] + [len(D) for _, _, D in leaves]).astype(np.int64)
+    doffs = np.array([d for _, _, D in leaves for d in D], np.int64)
+    # filter taps: (leaf, j, k) for every original tap k summed into leaf tap j
+    ljk = np.array([(l, j, k) for l, (F, _, _) in enumerate(leaves) for j, ks in enumerate(F)
+                    for k in ks], np.int64).reshape(-1, 3)
+    tstart = np.cumsum([0] + [len(ph) for ph in merged]).astype(np.int64)
+    tab = np.array([t for ph in merged for t in ph], np.int64).reshape(-1, 3)
+    # the same terms by leaf, for backward: (phase, shift, coef)
+    by_leaf = [[] for _ in leaves]
+    for p, ph in enumerate(merged):
+        for l, s, c in ph:
+            by_leaf[l].append((p, s, c))
+    lstart = np.cumsum([0] + [len(v) for v in by_leaf]).astype(np.int64)
+    ltab = np.array([t for v in by_leaf for t in v], np.int64).reshape(-1, 3)
+    maxshift = int(tab[:, 1].max())
+    return SimpleNamespace(K=K, depth=depth, stride=1 << depth, nleaf=len(leaves), ntap=ntap,
+                           dstart=dstart, doffs=doffs, ljk=ljk, tstart=tstart, tab=tab,
+                           lstart=lstart, ltab=ltab, maxshift=maxshift,
+                           flops=float(ntap.sum()) / (1 << depth) / K)
+
+
+def row_offsets(L, pl):
+    """Leaf rows of sequence b: off[b] .. off[b + 1] (ceil(L_b / 2^d) + maxshift, 0 if L_b = 0)."""
+    n = np.where(L > 0, (L + pl.stride - 1) // pl.stride + pl.maxshift, 0)
+    return np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- kernels
 
 @nb.njit(**PJIT)
-def _split_w_nb(w, We, Wo, Ws):
-    # We[o, j*Ci + c] = w[o, c, 2j]; Wo[o, j*Ci + c] = w[o, c, 2j+1]; Ws = We + Wo (Wo 0 past ko)
+def _leaf_w_nb(w, ljk, ntap, wbase, wl):
+    # wl[wbase[l] + o*ntap[l]*Ci + j*Ci + c] = sum over (l, j, k) of w[o, c, k]
     Co, Ci, K = w.shape
-    ke = (K + 1) // 2
-    ko = K // 2
-    for o in nb.prange(Co):
-        for j in range(ke):
+    nchunk = min(Co, 64)
+    for ch in nb.prange(nchunk):
+        wt = np.empty((K, Ci), dtype=np.float32)          # w[o] transposed: taps contiguous
+        for o in range(ch * Co // nchunk, (ch + 1) * Co // nchunk):
             for c in range(Ci):
-                a = w[o, c, 2 * j]
-                We[o, j * Ci + c] = a
-                if j < ko:
-                    bo = w[o, c, 2 * j + 1]
-                    Wo[o, j * Ci + c] = bo
-                    Ws[o, j * Ci + c] = a + bo
-                else:
-                    Ws[o, j * Ci + c] = a
+                for k in range(K):
+                    wt[k, c] = w[o, c, k]
+            for l in range(ntap.shape[0]):
+                row = wl[wbase[l] + o * ntap[l] * Ci: wbase[l] + (o + 1) * ntap[l] * Ci]
+                for i in range(row.shape[0]):
+                    row[i] = 0
+            for e in range(ljk.shape[0]):
+                l, j, k = ljk[e, 0], ljk[e, 1], ljk[e, 2]
+                dst = wl[wbase[l] + o * ntap[l] * Ci + j * Ci: wbase[l] + o * ntap[l] * Ci
+                         + (j + 1) * Ci]
+                src = wt[k]
+                for c in range(Ci):
+                    dst[c] += src[c]
 
 
 @nb.njit(**PJIT)
-def _im2col3_nb(x, lengths, off, K, pad, cP, cQ, cR):
-    # half-row r = (b, m): cP[r, j] = xp[2m + 2j], cQ[r, j] = xp[2m + 2j + 1],
-    # cR[r, j] = xp[2m + 2j + 1] + xp[2m + 2j + 2]; xp[s] = x[b, s - pad] if valid else 0
+def _im2col_nb(x, lengths, off, stride, pad, ntap, dstart, doffs, cbase, cols):
+    # leaf l, row r = (b, m): cols_l[r, j*Ci + c] = sum_{delta in D_l} xp[stride*(m + j) + delta]
     B, T, Ci = x.shape
-    ke = (K + 1) // 2
-    ko = K // 2
-    for r in nb.prange(cP.shape[0]):
+    for r in nb.prange(off[B]):
         bi = np.searchsorted(off, r, side="right") - 1
         m = r - off[bi]
         L = lengths[bi]
-        rp = cP[r]
-        rq = cQ[r]
-        rr = cR[r]
-        for j in range(ke):
-            i0 = 2 * m + 2 * j - pad          # input row of xp[2m + 2j]
-            v0 = 0 <= i0 < L
-            v1 = 0 <= i0 + 1 < L
-            v2 = 0 <= i0 + 2 < L
-            base = j * Ci
-            if v0:
-                x0 = x[bi, i0]
-                for c in range(Ci):
-                    rp[base + c] = x0[c]
-            else:
-                for c in range(Ci):
-                    rp[base + c] = 0
-            if j < ko:
-                if v1:
-                    x1 = x[bi, i0 + 1]
+        for l in range(ntap.shape[0]):
+            nt = ntap[l]
+            rowbase = cbase[l] + r * nt * Ci
+            for j in range(nt):
+                dst = cols[rowbase + j * Ci: rowbase + (j + 1) * Ci]
+                first = True
+                for e in range(dstart[l], dstart[l + 1]):
+                    i = stride * (m + j) + doffs[e] - pad
+                    if 0 <= i < L:
+                        src = x[bi, i]
+                        if first:
+                            for c in range(Ci):
+                                dst[c] = src[c]
+                            first = False
+                        else:
+                            for c in range(Ci):
+                                dst[c] += src[c]
+                if first:
                     for c in range(Ci):
-                        rq[base + c] = x1[c]
-                else:
-                    for c in range(Ci):
-                        rq[base + c] = 0
-            if v1 and v2:
-                x1 = x[bi, i0 + 1]
-                x2 = x[bi, i0 + 2]
-                for c in range(Ci):
-                    rr[base + c] = x1[c] + x2[c]
-            elif v1:
-                x1 = x[bi, i0 + 1]
-                for c in range(Ci):
-                    rr[base + c] = x1[c]
-            elif v2:
-                x2 = x[bi, i0 + 2]
-                for c in range(Ci):
-                    rr[base + c] = x2[c]
-            else:
-                for c in range(Ci):
-                    rr[base + c] = 0
+                        dst[c] = 0
 
 
 @nb.njit(**PJIT)
-def _combine_nb(P, Q, R, lengths, off, b, has_b, y):
-    # y[b, 2m] = P + Q (+ bias), y[b, 2m + 1] = R - P[m + 1] - Q; rows t >= L_b are 0
+def _combine_nb(Z, lengths, off, stride, tstart, tab, b, has_b, y):
+    # y[b, stride*m + p] = bias + sum over phase p's terms of coef * Z[leaf, off[b] + m + shift]
     B, T, Co = y.shape
     for rr in nb.prange(B * T):
         bi = rr // T
         t = rr - bi * T
         yr = y[bi, t]
-        if t >= lengths[bi]:
+        if has_b and t < lengths[bi]:
+            for o in range(Co):
+                yr[o] = b[o]
+        else:
             for o in range(Co):
                 yr[o] = 0
+        if t >= lengths[bi]:
             continue
-        r = off[bi] + t // 2
-        p = P[r]
-        q = Q[r]
-        if t % 2 == 0:
-            if has_b:
+        m = t // stride
+        p = t - m * stride
+        r0 = off[bi] + m
+        for e in range(tstart[p], tstart[p + 1]):
+            z = Z[tab[e, 0], r0 + tab[e, 1]]
+            if tab[e, 2] == 1:
                 for o in range(Co):
-                    yr[o] = p[o] + q[o] + b[o]
+                    yr[o] += z[o]
+            elif tab[e, 2] == -1:
+                for o in range(Co):
+                    yr[o] -= z[o]
             else:
+                cf = np.float32(tab[e, 2])
                 for o in range(Co):
-                    yr[o] = p[o] + q[o]
-        else:
-            p1 = P[r + 1]
-            s = R[r]
-            if has_b:
-                for o in range(Co):
-                    yr[o] = s[o] - p1[o] - q[o] + b[o]
-            else:
-                for o in range(Co):
-                    yr[o] = s[o] - p1[o] - q[o]
+                    yr[o] += cf * z[o]
 
 
 @nb.njit(**PJIT)
-def _dsplit_nb(dy, lengths, off, dP, dQ, dR):
-    # dP[m] = dy[2m] - dy[2m - 1], dQ[m] = dy[2m] - dy[2m + 1], dR[m] = dy[2m + 1] (0 if invalid)
+def _dz_nb(dy, lengths, off, stride, lstart, ltab, dZ):
+    # dZ[l, r] = sum over leaf l's terms (p, shift, coef) of coef * dy[b, stride*(m - shift) + p]
     B, T, Co = dy.shape
-    for r in nb.prange(dP.shape[0]):
+    for r in nb.prange(off[B]):
         bi = np.searchsorted(off, r, side="right") - 1
         m = r - off[bi]
         L = lengths[bi]
-        te = 2 * m
-        ve = te < L
-        vo = te + 1 < L
-        vp = 1 <= te <= L
-        a = dP[r]
-        q = dQ[r]
-        s = dR[r]
-        for o in range(Co):
-            e = dy[bi, te, o] if ve else np.float32(0)
-            od = dy[bi, te + 1, o] if vo else np.float32(0)
-            pr = dy[bi, te - 1, o] if vp else np.float32(0)
-            a[o] = e - pr
-            q[o] = e - od
-            s[o] = od
+        for l in range(dZ.shape[0]):
+            d = dZ[l, r]
+            for o in range(Co):
+                d[o] = 0
+            for e in range(lstart[l], lstart[l + 1]):
+                t = stride * (m - ltab[e, 1]) + ltab[e, 0]
+                if 0 <= t < L:
+                    src = dy[bi, t]
+                    cf = np.float32(ltab[e, 2])
+                    for o in range(Co):
+                        d[o] += cf * src[o]
 
 
 @nb.njit(**PJIT)
@@ -186,26 +249,32 @@ def _masked_colsum_nb(dy, lengths, db, nchunk):
 
 
 @nb.njit(**PJIT)
-def _dw_nb(GP, GQ, GR, dw):
-    # dw[o, c, 2j] += GP + GR; dw[o, c, 2j+1] += GQ + GR  (at [o, j*Ci + c])
+def _dw_nb(G, ljk, ntap, wbase, dw):
+    # dw[o, c, k] += G_l[o, j*Ci + c] for every (l, j, k)
     Co, Ci, K = dw.shape
-    ke = (K + 1) // 2
-    ko = K // 2
-    for o in nb.prange(Co):
-        for j in range(ke):
+    nchunk = min(Co, 64)
+    for ch in nb.prange(nchunk):
+        gt = np.empty((K, Ci), dtype=np.float32)
+        for o in range(ch * Co // nchunk, (ch + 1) * Co // nchunk):
+            for k in range(K):
+                for c in range(Ci):
+                    gt[k, c] = 0
+            for e in range(ljk.shape[0]):
+                l, j, k = ljk[e, 0], ljk[e, 1], ljk[e, 2]
+                src = G[wbase[l] + o * ntap[l] * Ci + j * Ci: wbase[l] + o * ntap[l] * Ci
+                        + (j + 1) * Ci]
+                dst = gt[k]
+                for c in range(Ci):
+                    dst[c] += src[c]
             for c in range(Ci):
-                g = GR[o, j * Ci + c]
-                dw[o, c, 2 * j] += GP[o, j * Ci + c] + g
-                if j < ko:
-                    dw[o, c, 2 * j + 1] += GQ[o, j * Ci + c] + g
+                for k in range(K):
+                    dw[o, c, k] += gt[k, c]
 
 
 @nb.njit(**PJIT)
-def _col2im3_nb(dcP, dcQ, dcR, lengths, off, K, pad, dx, acc):
-    # dx[b, i] (+)= every half-row column block that read x[b, i] (see _im2col3_nb); i >= L_b: 0
+def _col2im_nb(dcols, lengths, off, stride, pad, ntap, dstart, doffs, cbase, dx, acc):
+    # dx[b, i] (+)= every leaf column block that summed x[b, i] in; rows i >= L_b get nothing
     B, T, Ci = dx.shape
-    ke = (K + 1) // 2
-    ko = K // 2
     for rr in nb.prange(B * T):
         bi = rr // T
         i = rr - bi * T
@@ -219,74 +288,72 @@ def _col2im3_nb(dcP, dcQ, dcR, lengths, off, K, pad, dx, acc):
         base = off[bi]
         nrow = off[bi + 1] - base
         s = i + pad
-        n = s // 2
-        if s % 2 == 0:
-            # cP[m, j] with 2m + 2j = s;  cR[m, j] (second term) with 2m + 2j + 2 = s
-            for j in range(ke):
-                m = n - j
-                if 0 <= m < nrow:
-                    src = dcP[base + m]
-                    for c in range(Ci):
-                        dr[c] += src[j * Ci + c]
-                m = n - 1 - j
-                if 0 <= m < nrow:
-                    src = dcR[base + m]
-                    for c in range(Ci):
-                        dr[c] += src[j * Ci + c]
-        else:
-            # cQ[m, j] with 2m + 2j + 1 = s;  cR[m, j] (first term) likewise
-            for j in range(ke):
-                m = n - j
-                if 0 <= m < nrow:
-                    if j < ko:
-                        src = dcQ[base + m]
+        for l in range(ntap.shape[0]):
+            nt = ntap[l]
+            for e in range(dstart[l], dstart[l + 1]):
+                u = s - doffs[e]
+                if u < 0 or u % stride != 0:
+                    continue
+                n = u // stride
+                for j in range(nt):
+                    m = n - j
+                    if 0 <= m < nrow:
+                        src = dcols[cbase[l] + (base + m) * nt * Ci + j * Ci:
+                                    cbase[l] + (base + m) * nt * Ci + (j + 1) * Ci]
                         for c in range(Ci):
-                            dr[c] += src[j * Ci + c]
-                    src = dcR[base + m]
-                    for c in range(Ci):
-                        dr[c] += src[j * Ci + c]
+                            dr[c] += src[c]
 
 
-def _weights(w):
-    Co, Ci, K = w.shape
-    ke, ko = (K + 1) // 2, K // 2
-    We = scratch("fir2.We", (Co, ke * Ci))
-    Wo = scratch("fir2.Wo", (Co, ko * Ci))
-    Ws = scratch("fir2.Ws", (Co, ke * Ci))
-    _split_w_nb(w, We, Wo, Ws)
-    return We, Wo, Ws
+# ----------------------------------------------------------------------------- drivers
+
+def _layout(pl, N, Ci, Co):
+    cbase = np.concatenate([[0], np.cumsum(pl.ntap * N * Ci)]).astype(np.int64)
+    wbase = np.concatenate([[0], np.cumsum(pl.ntap * Co * Ci)]).astype(np.int64)
+    return cbase, wbase
 
 
-def _cols(x, L, off, K, pad):
-    Ci = x.shape[2]
-    ke, ko = (K + 1) // 2, K // 2
-    N = int(off[-1])
-    cP = scratch("fir2.cP", (N, ke * Ci))
-    cQ = scratch("fir2.cQ", (N, ko * Ci))
-    cR = scratch("fir2.cR", (N, ke * Ci))
-    _im2col3_nb(x, L, off, K, pad, cP, cQ, cR)
-    return cP, cQ, cR
+def _leaf_weights(w, pl, wbase):
+    wl = scratch("fir.w", (int(wbase[-1]),))
+    _leaf_w_nb(w, pl.ljk, pl.ntap, wbase, wl)
+    return wl
 
 
-def forward(x, w, b, pad, L):
-    """y (B, T, Co); x C-contiguous (B, T, Ci); L (B,) int64 valid rows; "same" conv, K >= 2."""
+def _cols(x, L, off, pad, pl, cbase):
+    cols = scratch("fir.cols", (int(cbase[-1]),))
+    _im2col_nb(x, L, off, pl.stride, pad, pl.ntap, pl.dstart, pl.doffs, cbase, cols)
+    return cols
+
+
+def _views(buf, base, pl, N, Ci, l, Co=None):
+    n = int(pl.ntap[l]) * Ci
+    if Co is None:
+        return buf[base[l]:base[l + 1]].reshape(N, n)
+    return buf[base[l]:base[l + 1]].reshape(Co, n)
+
+
+def forward(x, w, b, pad, L, depth):
+    """y (B, T, Co); x C-contiguous (B, T, Ci); L (B,) int64 valid rows; "same" conv."""
     B, T, Ci = x.shape
     Co, _, K = w.shape
-    off = _half_offsets(L)
+    pl = plan(K, depth)
+    off = row_offsets(L, pl)
     N = int(off[-1])
     y = np.empty((B, T, Co), x.dtype)
     if y.size == 0:
         return y
-    We, Wo, Ws = _weights(w)
-    cP, cQ, cR = _cols(x, L, off, K, pad)
-    P = np.matmul(cP, We.T, out=scratch("fir2.P", (N, Co)))
-    Q = np.matmul(cQ, Wo.T, out=scratch("fir2.Q", (N, Co)))
-    R = np.matmul(cR, Ws.T, out=scratch("fir2.R", (N, Co)))
-    _combine_nb(P, Q, R, L, off, b if b is not None else np.zeros(0, x.dtype), b is not None, y)
+    cbase, wbase = _layout(pl, N, Ci, Co)
+    wl = _leaf_weights(w, pl, wbase)
+    cols = _cols(x, L, off, pad, pl, cbase)
+    Z = scratch("fir.z", (pl.nleaf, N, Co))
+    for l in range(pl.nleaf):
+        np.matmul(_views(cols, cbase, pl, N, Ci, l), _views(wl, wbase, pl, N, Ci, l, Co).T,
+                  out=Z[l])
+    _combine_nb(Z, L, off, pl.stride, pl.tstart, pl.tab,
+                b if b is not None else np.zeros(0, x.dtype), b is not None, y)
     return y
 
 
-def backward(dy, x, w, pad, dx, dw, db, L, acc):
+def backward(dy, x, w, pad, dx, dw, db, L, acc, depth):
     """Accumulates into dw (and db); writes (acc=False) or adds into dx unless dx is None."""
     B, T, Ci = x.shape
     Co, _, K = w.shape
@@ -294,22 +361,27 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc):
         if dx is not None and not acc:
             dx[...] = 0
         return
-    off = _half_offsets(L)
+    pl = plan(K, depth)
+    off = row_offsets(L, pl)
     N = int(off[-1])
     if db is not None:
         _masked_colsum_nb(dy, L, db, max(1, min(64, B * T)))
-    dP = scratch("fir2.P", (N, Co))
-    dQ = scratch("fir2.Q", (N, Co))
-    dR = scratch("fir2.R", (N, Co))
-    _dsplit_nb(dy, L, off, dP, dQ, dR)
-    cP, cQ, cR = _cols(x, L, off, K, pad)
-    GP = dP.T @ cP
-    GQ = dQ.T @ cQ
-    GR = dR.T @ cR
-    _dw_nb(GP, GQ, GR, dw)
+    if N == 0:
+        if dx is not None and not acc:
+            dx[...] = 0
+        return
+    cbase, wbase = _layout(pl, N, Ci, Co)
+    dZ = scratch("fir.z", (pl.nleaf, N, Co))
+    _dz_nb(dy, L, off, pl.stride, pl.lstart, pl.ltab, dZ)
+    cols = _cols(x, L, off, pad, pl, cbase)
+    G = scratch("fir.g", (int(wbase[-1]),))
+    for l in range(pl.nleaf):
+        np.matmul(dZ[l].T, _views(cols, cbase, pl, N, Ci, l), out=_views(G, wbase, pl, N, Ci, l,
+                                                                          Co))
+    _dw_nb(G, pl.ljk, pl.ntap, wbase, dw)
     if dx is not None:
-        We, Wo, Ws = _weights(w)
-        dcP = np.matmul(dP, We, out=cP)          # the columns are consumed: reuse them
-        dcQ = np.matmul(dQ, Wo, out=cQ)
-        dcR = np.matmul(dR, Ws, out=cR)
-        _col2im3_nb(dcP, dcQ, dcR, L, off, K, pad, dx, acc)
+        wl = _leaf_weights(w, pl, wbase)
+        for l in range(pl.nleaf):                 # the columns are consumed: reuse them
+            c = _views(cols, cbase, pl, N, Ci, l)
+            np.matmul(dZ[l], _views(wl, wbase, pl, N, Ci, l, Co), out=c)
+        _col2im_nb(cols, L, off, pl.stride, pad, pl.ntap, pl.dstart, pl.doffs, cbase, dx, acc)

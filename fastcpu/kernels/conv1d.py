@@ -391,43 +391,50 @@ def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To):
 # Where the fast FIR algorithm pays (isolated fwd / bwd time vs direct, 2 threads, B=8 T=346):
 # 256->1024 k9 0.85 / 0.85, 512->512 k5 0.90 / 0.88, 512->80 k5 0.93 / 0.92; but 80->512 k5
 # 1.18 / 1.02 and 256->256 k3 (T=60) 1.16 / 1.18 — thin inputs and short kernels are better direct.
-FIR2_MIN_K = 5
-FIR2_MIN_CI = 128
+FIR_MIN_K = 5
+FIR_MIN_CI = 128
+FIR_DEPTH2_MIN_K = 9           # nesting twice: 22/36 of the FLOPs at K=9 but 9 smaller GEMMs
+FIR_DEPTH2_MIN_ROWS = 1500     # valid rows (sum of lengths) below which depth 2 does not pay
 
 
-def _fir2_applies(K, Ci, To, T):
-    return K >= max(2, FIR2_MIN_K) and Ci >= FIR2_MIN_CI and To == T
+def _fir_depth(K, Ci, To, T, rows):
+    """0 = direct conv, 1 or 2 = fast FIR nested that many times."""
+    if To != T or K < max(2, FIR_MIN_K) or Ci < FIR_MIN_CI:
+        return 0
+    return 2 if K >= max(5, FIR_DEPTH2_MIN_K) and rows >= FIR_DEPTH2_MIN_ROWS else 1
+
+
+def _lengths_or_full(lengths, B, T, To):
+    if lengths is None:
+        return np.full(B, T, np.int64)
+    _valid(lengths, B, T, To)
+    return np.asarray(lengths, np.int64)
 
 
 def forward_fir2(x, w, b=None, padding=None, lengths=None):
-    """The Numba backend, with "same" convs of K >= FIR2_MIN_K and Ci >= FIR2_MIN_CI computed by
-    the 2-parallel fast FIR algorithm (``fastcpu.kernels._fir2``: three half-length GEMMs, 14/18
-    of the direct FLOPs at K=9)."""
+    """The Numba backend, with wide "same" convs (see ``_fir_depth``) computed by the fast FIR
+    algorithm (``fastcpu.kernels._fir2``: 3 or 9 smaller GEMMs, 14/18 or 22/36 of the direct
+    FLOPs at K=9)."""
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
-    if not _fir2_applies(K, Ci, To, T):
+    L = _lengths_or_full(lengths, B, T, To) if To == T else None
+    depth = _fir_depth(K, Ci, To, T, 0 if L is None else int(L.sum()))
+    if depth == 0:
         return forward_numba(x, w, b, padding, lengths)
-    if lengths is None:
-        L = np.full(B, T, np.int64)
-    else:
-        _valid(lengths, B, T, To)
-        L = np.asarray(lengths, np.int64)
-    return _fir2.forward(np.ascontiguousarray(x), w, b, pad, L)
+    return _fir2.forward(np.ascontiguousarray(x), w, b, pad, L, depth)
 
 
 def backward_fir2(dy, x, w, padding, dx, dw, db, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
-    if not _fir2_applies(K, Ci, To, T):
+    L = _lengths_or_full(lengths, B, T, To) if To == T else None
+    depth = _fir_depth(K, Ci, To, T, 0 if L is None else int(L.sum()))
+    if depth == 0:
         return backward_numba(dy, x, w, padding, dx, dw, db, lengths)
     acc = not isinstance(dx, str)
     if not acc:
         _new_dx(dx, x)
         dx = np.empty_like(x)
-    if lengths is None:
-        L = np.full(B, T, np.int64)
-    else:
-        _valid(lengths, B, T, To)
-        L = np.asarray(lengths, np.int64)
-    _fir2.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad, dx, dw, db, L, acc)
+    _fir2.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad, dx, dw, db, L, acc,
+                   depth)
     return dx
 
 
