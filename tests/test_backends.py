@@ -323,6 +323,7 @@ def test_conv1d_fast_fir(rng, monkeypatch, depth, B, T, Ci, Co, K, lengths):
     monkeypatch.setattr(conv1d, "FIR_MIN_CI", 1)
     monkeypatch.setattr(conv1d, "FIR_DEPTH2_MIN_K", 3 if depth == 2 else 99)
     monkeypatch.setattr(conv1d, "FIR_DEPTH2_MIN_ROWS", 0)
+    monkeypatch.setattr(conv1d, "FIR_MIN_ROWS", 0)
     assert conv1d._fir_depth(K, Ci, T, T, 0) == depth
     ref, k = kernels.get("conv1d", "reference"), kernels.get("conv1d", "fir2")
     kw = {} if lengths is None else {"lengths": np.array(lengths)}
@@ -344,7 +345,8 @@ def test_conv1d_fast_fir(rng, monkeypatch, depth, B, T, Ci, Co, K, lengths):
 def test_conv1d_fast_fir_choice():
     """Default thresholds: FastSpeech2's wide convs take the fast FIR path, thin ones do not."""
     assert conv1d._fir_depth(9, 256, 100, 100, 2300) == 2       # decoder FFT conv, B=8
-    assert conv1d._fir_depth(9, 256, 100, 100, 400) == 1        # encoder FFT conv, B=8
+    assert conv1d._fir_depth(9, 256, 100, 100, 1400) == 1       # encoder FFT conv, B=16
+    assert conv1d._fir_depth(9, 256, 100, 100, 400) == 0        # encoder FFT conv, B=8
     assert conv1d._fir_depth(5, 512, 7, 7, 3000) == 1           # PostNet
     assert conv1d._fir_depth(5, 80, 100, 100, 3000) == 0        # thin input: direct is faster
     assert conv1d._fir_depth(3, 256, 100, 100, 3000) == 0       # short kernel: direct is faster

@@ -388,18 +388,27 @@ def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To):
 
 # ----------------------------------------------------------------------------- fast FIR (Numba)
 
-# Where the fast FIR algorithm pays (isolated fwd / bwd time vs direct, 2 threads, B=8 T=346):
-# 256->1024 k9 0.85 / 0.85, 512->512 k5 0.90 / 0.88, 512->80 k5 0.93 / 0.92; but 80->512 k5
-# 1.18 / 1.02 and 256->256 k3 (T=60) 1.16 / 1.18 — thin inputs and short kernels are better direct.
+# Where the fast FIR algorithm pays (isolated fwd / bwd time relative to the direct conv, 2 threads,
+# `benchmarks` shapes of the LJSpeech config; depth 1 / depth 2):
+#   256->1024 k9, 2355 rows (decoder, B=8)   0.84/0.99 | 0.74/0.80
+#   256->1024 k9, 9387 rows (decoder, B=16)  0.82/0.84 | 0.74/0.72
+#   256->1024 k9, 1489 rows (encoder, B=16)  0.87/0.88 | 0.86/0.87
+#   256->1024 k9, 429 rows (encoder, B=8)    0.99/1.00 | 1.24/1.18
+#   512->512 k5, 2768 rows (PostNet, B=8)    0.92/0.92 | 0.90/0.86 (depth 2 not used for K < 9)
+#   512->80 k5 0.95/0.88;  80->512 k5 1.18/1.02;  256->256 k3 (60 rows) 1.16/1.18
+# so thin inputs, short kernels and few rows stay direct. Whole steps: `python
+# benchmarks/ab_step.py --kernel conv1d --attr FIR_DEPTH2_MIN_ROWS --values 1000000000,1500`
+# -> depth 2 vs depth 1 0.98x at B=8 (10 steps each), 0.92x at B=16 (4 steps).
 FIR_MIN_K = 5
 FIR_MIN_CI = 128
+FIR_MIN_ROWS = 1000            # valid rows (sum of lengths) below which the direct conv is as fast
 FIR_DEPTH2_MIN_K = 9           # nesting twice: 22/36 of the FLOPs at K=9 but 9 smaller GEMMs
-FIR_DEPTH2_MIN_ROWS = 1500     # valid rows (sum of lengths) below which depth 2 does not pay
+FIR_DEPTH2_MIN_ROWS = 1500
 
 
 def _fir_depth(K, Ci, To, T, rows):
     """0 = direct conv, 1 or 2 = fast FIR nested that many times."""
-    if To != T or K < max(2, FIR_MIN_K) or Ci < FIR_MIN_CI:
+    if To != T or K < max(2, FIR_MIN_K) or Ci < FIR_MIN_CI or rows < FIR_MIN_ROWS:
         return 0
     return 2 if K >= max(5, FIR_DEPTH2_MIN_K) and rows >= FIR_DEPTH2_MIN_ROWS else 1
 
