@@ -344,7 +344,8 @@ def test_conv1d_fast_fir(rng, monkeypatch, depth, B, T, Ci, Co, K, lengths):
 
 def test_conv1d_fast_fir_choice():
     """Default thresholds: FastSpeech2's wide convs take the fast FIR path, thin ones do not."""
-    assert conv1d._fir_depth(9, 256, 100, 100, 2300) == 2       # decoder FFT conv, B=8
+    assert conv1d._fir_depth(9, 256, 100, 100, 9000) == 2       # decoder FFT conv, B=16
+    assert conv1d._fir_depth(9, 256, 100, 100, 2300) == 1       # decoder FFT conv, B=8
     assert conv1d._fir_depth(9, 256, 100, 100, 1400) == 1       # encoder FFT conv, B=16
     assert conv1d._fir_depth(9, 256, 100, 100, 400) == 0        # encoder FFT conv, B=8
     assert conv1d._fir_depth(5, 512, 7, 7, 3000) == 1           # PostNet
