@@ -362,6 +362,38 @@ def test_fast_fir_plan_flops():
         plan(3, 2)
 
 
+@pytest.mark.parametrize("fir", [False, True])
+@pytest.mark.parametrize("B,T,C,H,K,lengths", [(3, 40, 16, 24, 9, [40, 17, 0]),
+                                               (2, 11, 7, 5, 5, [11, 10]), (1, 1, 3, 4, 3, [1]),
+                                               (2, 6, 4, 8, 9, [0, 0])])
+def test_ffn(rng, monkeypatch, fir, B, T, C, H, K, lengths):
+    """Fused conv-ReLU-conv1x1 on valid rows against the reference, with the first conv direct
+    and (forced) fast FIR; dx into an array, 'new' and None."""
+    if fir:
+        monkeypatch.setattr(conv1d, "FIR_MIN_K", 2)
+        monkeypatch.setattr(conv1d, "FIR_MIN_CI", 1)
+        monkeypatch.setattr(conv1d, "FIR_MIN_ROWS", 0)
+    ref, k = kernels.get("ffn", "reference"), kernels.get("ffn", "numba")
+    L = np.array(lengths)
+    x, w1, b1 = r32(rng, B, T, C), r32(rng, H, C, K), r32(rng, H)
+    w2, b2 = r32(rng, C, H, 1), r32(rng, C)
+    y_r, h_r = ref.forward(x, w1, b1, w2, b2, L)
+    y, h = k.forward(x, w1, b1, w2, b2, L)
+    assert_close(y, y_r, RED, "y")
+    assert not y[np.arange(T)[None, :] >= L[:, None]].any()
+    dy = r32(rng, *y.shape)
+    rb = [np.zeros_like(t) for t in (x, w1, b1, w2, b2)]
+    ref.backward(dy, x, w1, w2, h_r, L, *rb)
+    bufs = [np.zeros_like(t) for t in (x, w1, b1, w2, b2)]
+    once, two = twice(lambda: k.backward(dy, x, w1, w2, h, L, *bufs), bufs)
+    check_grads(rb, once, two, RED, "ffn", floor=1e-6)
+    fresh = k.backward(dy, x, w1, w2, h, L, "new", *(np.zeros_like(t) for t in (w1, b1, w2, b2)))
+    assert_close(fresh, rb[0], RED, "dx='new'", floor=1e-6)
+    gw = [np.zeros_like(t) for t in (w1, b1, w2, b2)]
+    assert k.backward(dy, x, w1, w2, h, L, None, *gw) is None
+    assert_close(gw[0], rb[1], RED, "dw1 without dx", floor=1e-6)
+
+
 @backends_of("attention")
 def test_attention_skip_padded_queries(rng, backend):
     ref, k = kernels.get("attention", "reference"), kernels.get("attention", backend)

@@ -3,7 +3,7 @@ on ordinary and edge shapes: T=1, odd channel counts, one head, a zero-length se
 import numpy as np
 import pytest
 
-from fastcpu.kernels import (activations, attention, batchnorm, conv1d, dropout, embedding,
+from fastcpu.kernels import (activations, attention, batchnorm, conv1d, dropout, embedding, ffn,
                              layernorm, length_regulator, linear, losses)
 from tests.conftest import vjp_check
 
@@ -84,6 +84,24 @@ def test_conv1d(rng, B, T, Ci, Co, K):
         conv1d.backward_reference(u, x, w, None, dx, dw, db)
         return [dx, dw, db]
     vjp_check(fn, [x, w, b], grads, rng, what="conv1d")
+
+
+@pytest.mark.parametrize("B,T,C,H,K,lengths", [(2, 7, 4, 6, 3, [7, 4]), (3, 5, 3, 5, 9, [5, 0, 1])])
+def test_ffn(rng, B, T, C, H, K, lengths):
+    x, w1, b1 = rng.standard_normal((B, T, C)), rng.standard_normal((H, C, K)), \
+        rng.standard_normal(H)
+    w2, b2 = rng.standard_normal((C + 1, H, 1)), rng.standard_normal(C + 1)
+    L = np.array(lengths)
+
+    def fn(x, w1, b1, w2, b2):
+        return ffn.forward_reference(x, w1, b1, w2, b2, L)[0]
+
+    def grads(u):
+        h = ffn.forward_reference(x, w1, b1, w2, b2, L)[1]
+        g = [z(x), z(w1), z(b1), z(w2), z(b2)]
+        ffn.backward_reference(u, x, w1, w2, h, L, *g)
+        return g
+    vjp_check(fn, [x, w1, b1, w2, b2], grads, rng, what="ffn")
 
 
 def test_linear(rng):

@@ -175,22 +175,30 @@ def _im2col_nb(x, lengths, off, stride, pad, ntap, dstart, doffs, cbase, cols):
                         dst[c] = 0
 
 
+@nb.njit(inline="always")
+def _row(ooff, r, T):
+    # valid row r (in sequence order) -> (sequence, step, row of a dense (B*T, C) or compact array)
+    r = np.int64(r)
+    bi = np.int64(np.searchsorted(ooff, r, side="right") - 1)
+    t = r - ooff[bi]
+    return bi, t, (bi * T + t) if T > 0 else r
+
+
 @nb.njit(**PJIT)
-def _combine_nb(Z, lengths, off, stride, tstart, tab, b, has_b, y):
-    # y[b, stride*m + p] = bias + sum over phase p's terms of coef * Z[leaf, off[b] + m + shift]
-    B, T, Co = y.shape
-    for rr in nb.prange(B * T):
-        bi = rr // T
-        t = rr - bi * T
-        yr = y[bi, t]
-        if has_b and t < lengths[bi]:
+def _combine_nb(Z, ooff, off, stride, tstart, tab, b, has_b, relu, T, y):
+    # valid row (b, t), t = stride*m + p: y = bias + sum over phase p's terms of
+    # coef * Z[leaf, off[b] + m + shift], then max(., 0) if relu. y is (B*T, Co) dense (T > 0)
+    # or (sum L, Co) compact (T = 0); a dense y's padding rows are not touched.
+    Co = y.shape[1]
+    for r in nb.prange(ooff[-1]):
+        bi, t, row = _row(ooff, r, T)
+        yr = y[row]
+        if has_b:
             for o in range(Co):
                 yr[o] = b[o]
         else:
             for o in range(Co):
                 yr[o] = 0
-        if t >= lengths[bi]:
-            continue
         m = t // stride
         p = t - m * stride
         r0 = off[bi] + m
@@ -206,16 +214,33 @@ def _combine_nb(Z, lengths, off, stride, tstart, tab, b, has_b, y):
                 cf = np.float32(tab[e, 2])
                 for o in range(Co):
                     yr[o] += cf * z[o]
+        if relu:
+            for o in range(Co):
+                yr[o] = max(yr[o], np.float32(0))
 
 
 @nb.njit(**PJIT)
-def _dz_nb(dy, lengths, off, stride, lstart, ltab, dZ):
-    # dZ[l, r] = sum over leaf l's terms (p, shift, coef) of coef * dy[b, stride*(m - shift) + p]
-    B, T, Co = dy.shape
+def _zero_padding_nb(y, lengths):
+    B, T, C = y.shape
+    for r in nb.prange(B * T):
+        bi = r // T
+        t = r - bi * T
+        if t >= lengths[bi]:
+            for c in range(C):
+                y[bi, t, c] = 0
+
+
+@nb.njit(**PJIT)
+def _dz_nb(dy, ooff, lengths, off, stride, lstart, ltab, T, dZ):
+    # dZ[l, r] = sum over leaf l's terms (p, shift, coef) of coef * dy at step stride*(m - shift)
+    # + p of sequence b (0 outside the valid rows); dy dense (B*T, Co) with T > 0, or compact
+    Co = dy.shape[1]
+    B = lengths.shape[0]
     for r in nb.prange(off[B]):
         bi = np.searchsorted(off, r, side="right") - 1
         m = r - off[bi]
         L = lengths[bi]
+        base = bi * T if T > 0 else ooff[bi]
         for l in range(dZ.shape[0]):
             d = dZ[l, r]
             for o in range(Co):
@@ -223,7 +248,7 @@ def _dz_nb(dy, lengths, off, stride, lstart, ltab, dZ):
             for e in range(lstart[l], lstart[l + 1]):
                 t = stride * (m - ltab[e, 1]) + ltab[e, 0]
                 if 0 <= t < L:
-                    src = dy[bi, t]
+                    src = dy[base + t]
                     cf = np.float32(ltab[e, 2])
                     for o in range(Co):
                         d[o] += cf * src[o]
@@ -331,15 +356,20 @@ def _views(buf, base, pl, N, Ci, l, Co=None):
     return buf[base[l]:base[l + 1]].reshape(Co, n)
 
 
-def forward(x, w, b, pad, L, depth):
-    """y (B, T, Co); x C-contiguous (B, T, Ci); L (B,) int64 valid rows; "same" conv."""
+def forward(x, w, b, pad, L, depth, compact=False, relu=False):
+    """x C-contiguous (B, T, Ci); L (B,) int64 valid rows; "same" conv. Returns y (B, T, Co) with
+    zero padding rows, or with ``compact`` the valid rows only, (sum L, Co) in sequence order;
+    ``relu`` applies max(., 0) to the valid rows."""
     B, T, Ci = x.shape
     Co, _, K = w.shape
     pl = plan(K, depth)
     off = row_offsets(L, pl)
+    ooff = np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
     N = int(off[-1])
-    y = np.empty((B, T, Co), x.dtype)
-    if y.size == 0:
+    y = np.empty((int(ooff[-1]), Co) if compact else (B, T, Co), x.dtype)
+    if not compact:
+        _zero_padding_nb(y, L)
+    if N == 0 or y.size == 0:
         return y
     cbase, wbase = _layout(pl, N, Ci, Co)
     wl = _leaf_weights(w, pl, wbase)
@@ -348,13 +378,16 @@ def forward(x, w, b, pad, L, depth):
     for l in range(pl.nleaf):
         np.matmul(_views(cols, cbase, pl, N, Ci, l), _views(wl, wbase, pl, N, Ci, l, Co).T,
                   out=Z[l])
-    _combine_nb(Z, L, off, pl.stride, pl.tstart, pl.tab,
-                b if b is not None else np.zeros(0, x.dtype), b is not None, y)
+    _combine_nb(Z, ooff, off, pl.stride, pl.tstart, pl.tab,
+                b if b is not None else np.zeros(0, x.dtype), b is not None, relu,
+                0 if compact else T, y.reshape(-1, Co))
     return y
 
 
-def backward(dy, x, w, pad, dx, dw, db, L, acc, depth):
-    """Accumulates into dw (and db); writes (acc=False) or adds into dx unless dx is None."""
+def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
+    """Accumulates into dw (and db); writes (acc=False) or adds into dx unless dx is None.
+    ``compact``: dy holds the valid rows only, (sum L, Co) in sequence order."""
+    from fastcpu.kernels.conv1d import _colsum_nb
     B, T, Ci = x.shape
     Co, _, K = w.shape
     if x.size == 0 or dy.size == 0:
@@ -363,16 +396,21 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth):
         return
     pl = plan(K, depth)
     off = row_offsets(L, pl)
+    ooff = np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
     N = int(off[-1])
     if db is not None:
-        _masked_colsum_nb(dy, L, db, max(1, min(64, B * T)))
+        if compact:
+            _colsum_nb(dy, db, max(1, min(64, dy.shape[0])))
+        else:
+            _masked_colsum_nb(dy, L, db, max(1, min(64, B * T)))
     if N == 0:
         if dx is not None and not acc:
             dx[...] = 0
         return
     cbase, wbase = _layout(pl, N, Ci, Co)
     dZ = scratch("fir.z", (pl.nleaf, N, Co))
-    _dz_nb(dy, L, off, pl.stride, pl.lstart, pl.ltab, dZ)
+    _dz_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab, 0 if compact else T,
+           dZ)
     cols = _cols(x, L, off, pad, pl, cbase)
     G = scratch("fir.g", (int(wbase[-1]),))
     for l in range(pl.nleaf):

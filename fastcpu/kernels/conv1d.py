@@ -308,8 +308,6 @@ def _forward_rows_numba(x, w, b, pad, lengths):
 
 
 def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths, acc=True):
-    B, T, Ci = x.shape
-    Co, _, K = w.shape
     L = np.asarray(lengths, dtype=np.int64)
     off = _offsets(L)
     M = int(off[-1])
@@ -317,8 +315,16 @@ def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths, acc=True):
         if dx is not None and not acc:
             dx[...] = 0
         return
-    dyc = scratch("conv1d.rows", (M, Co), x.dtype)
+    dyc = scratch("conv1d.rows", (M, w.shape[0]), x.dtype)
     _gather_rows_nb(dy, L, off, dyc)
+    _backward_compact_direct(dyc, x, w, pad, dx, dw, db, L, off, acc)
+
+
+def _backward_compact_direct(dyc, x, w, pad, dx, dw, db, L, off, acc):
+    # dyc: the valid rows of dy, (sum L, Co) in sequence order
+    B, T, Ci = x.shape
+    Co, _, K = w.shape
+    M = int(off[-1])
     if db is not None:
         _colsum_nb(dyc, db, max(1, min(64, M)))
     cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
@@ -331,6 +337,60 @@ def _backward_rows_numba(dy, x, w, pad, dx, dw, db, lengths, acc=True):
     if dx is not None:
         dcols = np.matmul(dyc, _wt(w), out=cols)             # cols is consumed: reuse it
         _col2im_rows_nb(dcols, L, off, K, pad, dx, acc)
+
+
+@nb.njit(**PJIT)
+def _bias_relu_nb(y, b, has_b, relu):
+    for r in nb.prange(y.shape[0]):
+        yr = y[r]
+        if has_b:
+            for o in range(yr.shape[0]):
+                yr[o] += b[o]
+        if relu:
+            for o in range(yr.shape[0]):
+                yr[o] = max(yr[o], np.float32(0))
+
+
+def forward_compact(x, w, b, lengths, relu=False):
+    """Fused callers' entry ("same" conv, fir2 backend's choice of algorithm): the valid rows of
+    the output only, (sum lengths, Co) in sequence order, optionally through max(., 0)."""
+    B, T, Ci, Co, K, pad, To = _geometry(x, w, None)
+    L = _lengths_or_full(lengths, B, T, To)
+    x = np.ascontiguousarray(x)
+    depth = _fir_depth(K, Ci, To, T, int(L.sum()))
+    if depth:
+        return _fir2.forward(x, w, b, pad, L, depth, compact=True, relu=relu)
+    off = _offsets(L)
+    M = int(off[-1])
+    yc = np.empty((M, Co), x.dtype)
+    if M:
+        cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
+        _im2col_rows_nb(x, L, off, K, pad, cols)
+        np.matmul(cols, _wt(w).T, out=yc)
+        _bias_relu_nb(yc, b if b is not None else np.zeros(0, x.dtype), b is not None, relu)
+    return yc
+
+
+def backward_compact(dyc, x, w, dx, dw, db, lengths):
+    """Backward of ``forward_compact`` (without the ReLU) from the valid rows of dy; dx as in
+    ``backward`` (an array to add into, "new" or None); returns dx."""
+    B, T, Ci, Co, K, pad, To = _geometry(x, w, None)
+    L = _lengths_or_full(lengths, B, T, To)
+    acc = not isinstance(dx, str)
+    if not acc:
+        _new_dx(dx, x)
+        dx = np.empty_like(x)
+    x = np.ascontiguousarray(x)
+    dyc = np.ascontiguousarray(dyc)
+    depth = _fir_depth(K, Ci, To, T, int(L.sum()))
+    if depth:
+        _fir2.backward(dyc, x, w, pad, dx, dw, db, L, acc, depth, compact=True)
+    elif int(L.sum()) == 0:
+        if dx is not None and not acc:
+            dx[...] = 0
+    else:
+        _backward_compact_direct(dyc, x, w, pad, dx, dw, db, L, _offsets(L), acc)
+    return dx
 
 
 def forward_numba(x, w, b=None, padding=None, lengths=None):

@@ -57,7 +57,11 @@ class PositionwiseFeedForward(Module):
         self.p = dropout
 
     def forward(self, x, lengths=None):
-        y = self.w_2(F.relu(self.w_1(x, lengths)), lengths)
+        if lengths is not None and self.w_2.weight.shape[2] == 1 and self.w_1.backend is None \
+                and self.w_2.backend is None:
+            y = F.ffn(x, self.w_1.weight, self.w_1.bias, self.w_2.weight, self.w_2.bias, lengths)
+        else:
+            y = self.w_2(F.relu(self.w_1(x, lengths)), lengths)
         return self.layer_norm.residual(y, x, self.p)
 
 

@@ -59,6 +59,30 @@ def conv1d(x, w, b=None, padding=None, backend=None, lengths=None):
     return _Conv1d.apply(x, w, b, padding=padding, backend=backend, lengths=lengths)
 
 
+class _FFN(Function):
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, lengths):
+        y, h = _k("ffn").forward(x, w1, b1, w2, b2, lengths)
+        ctx.save_for_backward(x, w1, w2, h)
+        ctx.lengths, ctx.has_b = lengths, (b1 is not None, b2 is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w1, w2, h = ctx.saved_tensors
+        dw1, dw2 = ctx.grad_buffer(1), ctx.grad_buffer(3)
+        db1 = ctx.grad_buffer(2) if ctx.has_b[0] else None
+        db2 = ctx.grad_buffer(4) if ctx.has_b[1] else None
+        dx = _k("ffn").backward(dy, x, w1, w2, h, ctx.lengths, ctx.dx_target(0), dw1, db1, dw2,
+                                db2)
+        return dx, dw1, db1, dw2, db2
+
+
+def ffn(x, w1, b1, w2, b2, lengths):
+    """Conv_1x1(ReLU(Conv_K(x))) on the valid rows (``lengths``), fused (kernels.ffn)."""
+    return _FFN.apply(x, w1, b1, w2, b2, lengths=lengths)
+
+
 class _LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, w, b, eps, backend):
