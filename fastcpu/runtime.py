@@ -52,8 +52,10 @@ def num_threads() -> int:
     return n
 
 
-# glibc mallopt parameters
+# glibc mallopt parameters. mallopt takes a C int: a larger Python int would be masked by ctypes
+# (1 << 40 became 0, i.e. "trim on every free", so every large array page-faulted afresh).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_INT_MAX = 2**31 - 1
 
 
 def _mallopt(param, value) -> bool:
@@ -74,7 +76,7 @@ def keep_memory():
     reuses it. Peak RSS is unchanged (it is the step's peak either way); the memory is handed back
     on exit.
     """
-    ok = _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, 1 << 40)
+    ok = _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, _INT_MAX)
     try:
         yield ok
     finally:
