@@ -16,9 +16,11 @@ cdef extern from *:
 SRC_HASH = FASTCPU_SRC_HASH.decode()
 
 
-cdef int _fwd_head(const float* q, const float* k, const float* v, int T, int H, int D, int L,
-                   int h, float scale, float* out, float* lse, int BQ, int BK) noexcept nogil:
-    # one (batch, head): q/k/v/out point at [b, 0, 0, 0], lse at [b, h, 0]; row stride H*D
+cdef int _fwd_head(const float* q, const float* k, const float* v, int rs, int T, int H, int D,
+                   int L, int h, float scale, float* out, float* lse, int BQ,
+                   int BK) noexcept nogil:
+    # one (batch, head): q/k/v/out point at [b, 0, 0, 0], lse at [b, h, 0]; row stride rs for
+    # q/k/v (H*D, or 3*H*D when they are views of one packed projection), H*D for out
     cdef int HD = H * D, nq, nk, i0, j0, r, c, d, t
     cdef float mx, corr, sm, pv, inv
     cdef float* Q = <float*>malloc(<size_t>BQ * D * sizeof(float))
@@ -33,14 +35,14 @@ cdef int _fwd_head(const float* q, const float* k, const float* v, int T, int H,
         return -1
     for t in range(L):
         for d in range(D):
-            K[t * D + d] = k[t * HD + h * D + d]
-            V[t * D + d] = v[t * HD + h * D + d]
+            K[t * D + d] = k[t * rs + h * D + d]
+            V[t * D + d] = v[t * rs + h * D + d]
     i0 = 0
     while i0 < T:
         nq = BQ if T - i0 > BQ else T - i0
         for r in range(nq):
             for d in range(D):
-                Q[r * D + d] = q[(i0 + r) * HD + h * D + d]
+                Q[r * D + d] = q[(i0 + r) * rs + h * D + d]
             m[r] = -INFINITY
             l[r] = 0
         memset(acc, 0, <size_t>nq * D * sizeof(float))
@@ -75,14 +77,23 @@ cdef int _fwd_head(const float* q, const float* k, const float* v, int T, int H,
     return 0
 
 
-def forward(const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
-            const float[:, :, :, ::1] v, const long[::1] lengths, float scale,
+cdef bint _rows_ok(const float[:, :, :, :] a):
+    # each (t) row of a (B, T, H, D) view is H*D contiguous floats
+    return a.strides[3] == sizeof(float) and a.strides[2] == a.shape[3] * sizeof(float)
+
+
+def forward(const float[:, :, :, :] q, const float[:, :, :, :] k,
+            const float[:, :, :, :] v, const long[::1] lengths, float scale,
             float[:, :, :, ::1] out, float[:, :, ::1] lse, int BQ, int BK, bint skipq,
             int nthreads):
     # skipq: query rows t >= L are not computed (out 0, lse -inf)
     cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
+    cdef int S = <int>(q.strides[1] // sizeof(float))
     cdef Py_ssize_t bh, t, d
     cdef int b, h, L, Tq, err = 0
+    if k.strides[1] != q.strides[1] or v.strides[1] != q.strides[1] or not (
+            _rows_ok(q) and _rows_ok(k) and _rows_ok(v)):
+        raise ValueError("attention: q, k, v need contiguous (H, D) rows and one row stride")
     for bh in prange(B * H, nogil=True, num_threads=nthreads, schedule="dynamic"):
         b = bh // H
         h = bh - b * H
@@ -95,16 +106,18 @@ def forward(const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
             for d in range(D):
                 out[b, t, h, d] = 0
         if Tq > 0:
-            if _fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], Tq, H, D, L, h, scale,
+            if _fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], S, Tq, H, D, L, h, scale,
                          &out[b, 0, 0, 0], &lse[b, h, 0], BQ, BK) != 0:
                 err = 1
     if err:
         raise MemoryError()
 
 
-cdef int _bwd_head(const float* dout, const float* q, const float* k, const float* v,
+cdef int _bwd_head(const float* dout, const float* q, const float* k, const float* v, int rs,
                    const float* out, const float* lse, int T, int H, int D, int L, int h,
-                   float scale, float* dq, float* dk, float* dv, int BQ, int BK) noexcept nogil:
+                   float scale, float* dq, float* dk, float* dv, int G, int BQ,
+                   int BK) noexcept nogil:
+    # row strides: rs for q/k/v, G for dq/dk/dv, H*D for dout and out
     cdef int HD = H * D, nq, nk, i0, j0, r, c, d, t
     cdef float di, s
     cdef float* Q = <float*>malloc(<size_t>BQ * D * sizeof(float))
@@ -124,15 +137,15 @@ cdef int _bwd_head(const float* dout, const float* q, const float* k, const floa
         return -1
     for t in range(L):
         for d in range(D):
-            K[t * D + d] = k[t * HD + h * D + d]
-            V[t * D + d] = v[t * HD + h * D + d]
+            K[t * D + d] = k[t * rs + h * D + d]
+            V[t * D + d] = v[t * rs + h * D + d]
     i0 = 0
     while i0 < T:
         nq = BQ if T - i0 > BQ else T - i0
         for r in range(nq):
             s = 0
             for d in range(D):
-                Q[r * D + d] = q[(i0 + r) * HD + h * D + d]
+                Q[r * D + d] = q[(i0 + r) * rs + h * D + d]
                 dO[r * D + d] = dout[(i0 + r) * HD + h * D + d]
                 s = s + dout[(i0 + r) * HD + h * D + d] * out[(i0 + r) * HD + h * D + d]
             Di[r] = s
@@ -153,33 +166,40 @@ cdef int _bwd_head(const float* dout, const float* q, const float* k, const floa
             j0 = j0 + BK
         for r in range(nq):
             for d in range(D):
-                dq[(i0 + r) * HD + h * D + d] += dQ[r * D + d]
+                dq[(i0 + r) * G + h * D + d] += dQ[r * D + d]
         i0 = i0 + BQ
     for t in range(L):
         for d in range(D):
-            dk[t * HD + h * D + d] += dK[t * D + d]
-            dv[t * HD + h * D + d] += dV[t * D + d]
+            dk[t * G + h * D + d] += dK[t * D + d]
+            dv[t * G + h * D + d] += dV[t * D + d]
     free(Q); free(dO); free(dQ); free(Di); free(K); free(V); free(dK); free(dV)
     free(P); free(dP)
     return 0
 
 
-def backward(const float[:, :, :, ::1] dout, const float[:, :, :, ::1] q,
-             const float[:, :, :, ::1] k, const float[:, :, :, ::1] v,
+def backward(const float[:, :, :, ::1] dout, const float[:, :, :, :] q,
+             const float[:, :, :, :] k, const float[:, :, :, :] v,
              const float[:, :, :, ::1] out, const float[:, :, ::1] lse, const long[::1] lengths,
-             float scale, float[:, :, :, ::1] dq, float[:, :, :, ::1] dk, float[:, :, :, ::1] dv,
+             float scale, float[:, :, :, :] dq, float[:, :, :, :] dk, float[:, :, :, :] dv,
              int BQ, int BK, bint skipq, int nthreads):
     cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
+    cdef int S = <int>(q.strides[1] // sizeof(float)), G = <int>(dq.strides[1] // sizeof(float))
     cdef Py_ssize_t bh
     cdef int b, h, L, err = 0
+    if k.strides[1] != q.strides[1] or v.strides[1] != q.strides[1] \
+            or dk.strides[1] != dq.strides[1] or dv.strides[1] != dq.strides[1] or not (
+                _rows_ok(q) and _rows_ok(k) and _rows_ok(v) and _rows_ok(dq) and _rows_ok(dk)
+                and _rows_ok(dv)):
+        raise ValueError("attention: q, k, v and dq, dk, dv need contiguous (H, D) rows and "
+                         "one row stride each")
     for bh in prange(B * H, nogil=True, num_threads=nthreads, schedule="dynamic"):
         b = bh // H
         h = bh - b * H
         L = lengths[b]
         if L > 0:
-            if _bwd_head(&dout[b, 0, 0, 0], &q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0],
+            if _bwd_head(&dout[b, 0, 0, 0], &q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], S,
                          &out[b, 0, 0, 0], &lse[b, h, 0], L if skipq else T, H, D, L, h, scale,
-                         &dq[b, 0, 0, 0], &dk[b, 0, 0, 0], &dv[b, 0, 0, 0], BQ, BK) != 0:
+                         &dq[b, 0, 0, 0], &dk[b, 0, 0, 0], &dv[b, 0, 0, 0], G, BQ, BK) != 0:
                 err = 1
     if err:
         raise MemoryError()

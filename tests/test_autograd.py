@@ -146,3 +146,26 @@ def test_rng_state_round_trip_gives_same_masks():
     a = [nn.init.next_dropout_seed() for _ in range(3)]
     nn.init.set_state(st)
     assert [nn.init.next_dropout_seed() for _ in range(3)] == a
+
+
+def test_linear_cat_equals_separate_linears():
+    rng = np.random.default_rng(3)
+    x0 = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    params = [Tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True)
+              for s in [(4, 6), (4,), (3, 6), (3,)]]
+    x = Tensor(x0.copy(), requires_grad=True)
+    y = F.linear_cat(x, *params)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    y.backward(g)
+    got = [x.grad] + [p.grad for p in params]
+    x2 = Tensor(x0.copy(), requires_grad=True)
+    ps = [Tensor(p.data.copy(), requires_grad=True) for p in params]
+    y0, y1 = F.linear(x2, ps[0], ps[1]), F.linear(x2, ps[2], ps[3])
+    np.testing.assert_allclose(y.data, np.concatenate([y0.data, y1.data], -1), rtol=1e-5,
+                               atol=1e-6)
+    from fastcpu.autograd import backward
+    backward([y0, y1], [np.ascontiguousarray(g[..., :4]), np.ascontiguousarray(g[..., 4:])])
+    for a, b in zip(got, [x2.grad] + [p.grad for p in ps]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pairs"):
+        F.linear_cat(x, params[0], params[1], params[2])

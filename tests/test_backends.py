@@ -395,6 +395,28 @@ def test_ffn(rng, monkeypatch, fir, B, T, C, H, K, lengths):
 
 
 @backends_of("attention")
+@pytest.mark.parametrize("skip", [False, True])
+def test_attention_on_packed_qkv_views(rng, backend, skip):
+    """q, k, v as strided views of one (B, T, 3, H, D) projection, and dq, dk, dv as views of
+    one gradient buffer (how MultiHeadAttention calls it): same results as contiguous arrays."""
+    ref, k = kernels.get("attention", "reference"), kernels.get("attention", backend)
+    B, T, H, D = 3, 70, 2, 16
+    qkv, dout = r32(rng, B, T, 3, H, D), r32(rng, B, T, H, D)
+    L = np.array([70, 33, 0])
+    q, kk, v = (np.ascontiguousarray(qkv[:, :, i]) for i in range(3))
+    o_r, lse_r = ref.forward(q, kk, v, L, None, skip)
+    o, lse = k.forward(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], L, None, skip)
+    assert_close(o, o_r, RED, "out")
+    rb = [np.zeros_like(q) for _ in range(3)]
+    ref.backward(dout, q, kk, v, o_r, lse_r, L, None, *rb, skip)
+    dqkv = np.zeros_like(qkv)
+    views = [dqkv[:, :, i] for i in range(3)]
+    once, two = twice(lambda: k.backward(dout, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], o, lse,
+                                         L, None, *views, skip), views)
+    check_grads(rb, once, two, RED, "attention packed", floor=1.0)
+
+
+@backends_of("attention")
 def test_attention_skip_padded_queries(rng, backend):
     ref, k = kernels.get("attention", "reference"), kernels.get("attention", backend)
     B, T, H, D = 3, 150, 2, 16

@@ -247,7 +247,7 @@ def forward_numba(q, k, v, lengths, scale=None, skip_padded_queries=False):
     from fastcpu import runtime
     lengths = _check(q, k, v, lengths)
     B, T, H, D = q.shape
-    out = np.empty_like(q)
+    out = np.empty(q.shape, q.dtype)
     lse = np.empty((B, H, T), np.float32)
     if out.size:
         with runtime.blas_single():
@@ -276,7 +276,7 @@ def _cython():
     def forward(q, k, v, lengths, scale=None, skip_padded_queries=False):
         lengths = _check(q, k, v, lengths)
         B, T, H, D = q.shape
-        out = np.empty_like(q)
+        out = np.empty(q.shape, q.dtype)
         lse = np.empty((B, H, T), np.float32)
         if out.size:
             with runtime.blas_single():

@@ -35,6 +35,47 @@ def linear(x, w, b=None):
     return _Linear.apply(x, w, b)
 
 
+class _LinearCat(Function):
+    """Several Linears of one input as one GEMM: y = x @ [w_0; w_1; ...]^T + [b_0; b_1; ...]."""
+    @staticmethod
+    def forward(ctx, x, *wb):
+        ws, bs = wb[0::2], wb[1::2]
+        w = np.concatenate(ws)
+        b = None if bs[0] is None else np.concatenate(bs)
+        ctx.save_for_backward(x, w)
+        ctx.rows = np.cumsum([0] + [a.shape[0] for a in ws])
+        ctx.has_b = b is not None
+        return _k("linear").forward(x, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dw = np.zeros_like(w)
+        db = np.zeros(w.shape[0], w.dtype) if ctx.has_b else None
+        dx = _k("linear").backward(dy, x, w, ctx.dx_target(0), dw, db)
+        grads = []
+        for i, (r0, r1) in enumerate(zip(ctx.rows[:-1], ctx.rows[1:])):
+            g = ctx.grad_buffer(1 + 2 * i)
+            g += dw[r0:r1]
+            grads.append(g)
+            if ctx.has_b:
+                gb = ctx.grad_buffer(2 + 2 * i)
+                gb += db[r0:r1]
+                grads.append(gb)
+            else:
+                grads.append(None)
+        return (dx, *grads)
+
+
+def linear_cat(x, *wb):
+    """``linear_cat(x, w0, b0, w1, b1, ...)``: the Linears (w_i, b_i) of x concatenated along the
+    output features, computed as one GEMM (biases all present or all None)."""
+    if len(wb) % 2 or (any(b is None for b in wb[1::2]) and any(b is not None
+                                                                for b in wb[1::2])):
+        raise ValueError("linear_cat: give (weight, bias) pairs, biases all present or all None")
+    return _LinearCat.apply(x, *wb)
+
+
 class _Conv1d(Function):
     @staticmethod
     def forward(ctx, x, w, b, padding, backend, lengths):
@@ -151,6 +192,32 @@ def attention(q, k, v, lengths, scale=None, backend=None, skip_padded_queries=Fa
     """q, k, v (B, T, H, D) Tensors, key-padding ``lengths`` (B,) -> (B, T, H, D)."""
     return _Attention.apply(q, k, v, lengths=lengths, scale=scale, backend=backend,
                             skip=skip_padded_queries)
+
+
+class _AttentionPacked(Function):
+    @staticmethod
+    def forward(ctx, qkv, lengths, scale, backend, skip):
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out, lse = _k("attention", backend).forward(q, k, v, lengths, scale, skip)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.lengths, ctx.scale, ctx.backend, ctx.skip = lengths, scale, backend, skip
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, out, lse = ctx.saved_tensors
+        dqkv = ctx.grad_buffer(0)
+        _k("attention", ctx.backend).backward(dout, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], out,
+                                              lse, ctx.lengths, ctx.scale, dqkv[:, :, 0],
+                                              dqkv[:, :, 1], dqkv[:, :, 2], ctx.skip)
+        return (dqkv,)
+
+
+def attention_packed(qkv, lengths, scale=None, backend=None, skip_padded_queries=False):
+    """Attention of q, k, v packed in one (B, T, 3, H, D) Tensor (one projection GEMM made them),
+    -> (B, T, H, D); the kernels read the three strided views in place."""
+    return _AttentionPacked.apply(qkv, lengths=lengths, scale=scale, backend=backend,
+                                  skip=skip_padded_queries)
 
 
 class _Reshape(Function):

@@ -131,9 +131,10 @@ class MultiHeadAttention(Module):
     def forward(self, x, lengths, skip_padded_queries=False):
         B, T, _ = x.shape
         H, D = self.n_head, self.d_k
-        q = F.reshape(self.w_qs(x), (B, T, H, D))
-        k = F.reshape(self.w_ks(x), (B, T, H, D))
-        v = F.reshape(self.w_vs(x), (B, T, H, D))
-        o = F.attention(q, k, v, lengths, 1.0 / math.sqrt(D), self.backend, skip_padded_queries)
+        # the three projections as one GEMM; attention reads q, k, v as views of its output
+        qkv = F.linear_cat(x, self.w_qs.weight, self.w_qs.bias, self.w_ks.weight, self.w_ks.bias,
+                           self.w_vs.weight, self.w_vs.bias)
+        o = F.attention_packed(F.reshape(qkv, (B, T, 3, H, D)), lengths, 1.0 / math.sqrt(D),
+                               self.backend, skip_padded_queries)
         o = self.fc(F.reshape(o, (B, T, H * D)))
         return self.layer_norm.residual(o, x, self.p)
