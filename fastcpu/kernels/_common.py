@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import threading
 
+import numba as nb
 import numpy as np
 
 # fastmath without nnan/ninf: those break -inf masking and NaN checks (DESIGN.md).
@@ -61,6 +62,22 @@ def check_out(buf, shape, dtype, what):
     if buf.shape != tuple(shape) or buf.dtype != dtype or not buf.flags.c_contiguous:
         raise ValueError(f"{what}: expected C-contiguous {dtype} buffer of shape {tuple(shape)}, "
                          f"got {buf.dtype} {buf.shape}")
+
+
+@nb.njit(inline="always")
+def dx_row(dx, lengths, r, acc):
+    """Row r of a (B, T, C) input gradient walked as B*T rows (col2im-style kernels): (sequence,
+    step, valid length, row view, whether the step is a valid row); the row is zeroed first unless
+    accumulating."""
+    T = dx.shape[1]
+    bi = r // T
+    i = r - bi * T
+    dr = dx[bi, i]
+    if not acc:
+        for c in range(dr.shape[0]):
+            dr[c] = 0
+    L = lengths[bi]
+    return bi, i, L, dr, i < L
 
 
 # Scratch buffers reused across calls (per thread). Large temporaries (im2col columns, ...) are

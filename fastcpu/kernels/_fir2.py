@@ -34,7 +34,7 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
-from fastcpu.kernels._common import PJIT, scratch
+from fastcpu.kernels._common import PJIT, dx_row, scratch
 
 
 # ----------------------------------------------------------------------------- the plan (symbolic)
@@ -121,6 +121,13 @@ def row_offsets(L, pl):
 
 # ----------------------------------------------------------------------------- kernels
 
+@nb.njit(inline="always")
+def _tap(buf, wbase, ntap, Ci, o, l, j):
+    # leaf l's tap j of output channel o in a flat (Co, ntap[l]*Ci)-per-leaf buffer
+    start = wbase[l] + o * ntap[l] * Ci + j * Ci
+    return buf[start:start + Ci]
+
+
 @nb.njit(**PJIT)
 def _leaf_w_nb(w, ljk, ntap, wbase, wl):
     # wl[wbase[l] + o*ntap[l]*Ci + j*Ci + c] = sum over (l, j, k) of w[o, c, k]
@@ -137,10 +144,8 @@ def _leaf_w_nb(w, ljk, ntap, wbase, wl):
                 for i in range(row.shape[0]):
                     row[i] = 0
             for e in range(ljk.shape[0]):
-                l, j, k = ljk[e, 0], ljk[e, 1], ljk[e, 2]
-                dst = wl[wbase[l] + o * ntap[l] * Ci + j * Ci: wbase[l] + o * ntap[l] * Ci
-                         + (j + 1) * Ci]
-                src = wt[k]
+                dst = _tap(wl, wbase, ntap, Ci, o, ljk[e, 0], ljk[e, 1])
+                src = wt[ljk[e, 2]]
                 for c in range(Ci):
                     dst[c] += src[c]
 
@@ -285,10 +290,8 @@ def _dw_nb(G, ljk, ntap, wbase, dw):
                 for c in range(Ci):
                     gt[k, c] = 0
             for e in range(ljk.shape[0]):
-                l, j, k = ljk[e, 0], ljk[e, 1], ljk[e, 2]
-                src = G[wbase[l] + o * ntap[l] * Ci + j * Ci: wbase[l] + o * ntap[l] * Ci
-                        + (j + 1) * Ci]
-                dst = gt[k]
+                src = _tap(G, wbase, ntap, Ci, o, ljk[e, 0], ljk[e, 1])
+                dst = gt[ljk[e, 2]]
                 for c in range(Ci):
                     dst[c] += src[c]
             for c in range(Ci):
@@ -301,14 +304,8 @@ def _col2im_nb(dcols, lengths, off, stride, pad, ntap, dstart, doffs, cbase, dx,
     # dx[b, i] (+)= every leaf column block that summed x[b, i] in; rows i >= L_b get nothing
     B, T, Ci = dx.shape
     for rr in nb.prange(B * T):
-        bi = rr // T
-        i = rr - bi * T
-        L = lengths[bi]
-        dr = dx[bi, i]
-        if not acc:
-            for c in range(Ci):
-                dr[c] = 0
-        if i >= L:
+        bi, i, L, dr, valid = dx_row(dx, lengths, rr, acc)
+        if not valid:
             continue
         base = off[bi]
         nrow = off[bi + 1] - base

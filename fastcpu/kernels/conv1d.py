@@ -32,7 +32,7 @@ import numba as nb
 import numpy as np
 
 from fastcpu.kernels import _fir2
-from fastcpu.kernels._common import PJIT, scratch
+from fastcpu.kernels._common import PJIT, dx_row, scratch
 
 # auto = fir2: the Numba backend (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS), with
 # the wide "same" convs (K >= 5, Ci >= 128: FFT blocks' k9, PostNet's 512-channel k5) done by the
@@ -220,14 +220,8 @@ def _col2im_rows_nb(dcols, lengths, offsets, K, pad, dx, acc):
     # rows s >= L_b receive nothing (padding input is a constant zero)
     B, T, Ci = dx.shape
     for r in nb.prange(B * T):
-        bi = r // T
-        s = r - bi * T
-        L = lengths[bi]
-        dr = dx[bi, s]
-        if not acc:
-            for c in range(Ci):
-                dr[c] = 0
-        if s >= L:
+        bi, s, L, dr, valid = dx_row(dx, lengths, r, acc)
+        if not valid:
             continue
         for k in range(K):
             t = s - k + pad
