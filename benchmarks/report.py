@@ -35,10 +35,11 @@ def main(path):
             print(f"| {g} | {impl} | {st['median'] * 1e3:.2f} | {st['min'] * 1e3:.2f}–"
                   f"{st['max'] * 1e3:.2f} | {ratio} |")
         op = {"attention": "attention", "conv1d": "conv1d", "layernorm": "layernorm",
-              "dropout(0.2)+residual+layernorm": "layernorm",
+              "dropout(0.2)+residual+layernorm": "layernorm", "ffn": "ffn",
               "clip+Adam": "adam"}.get(next((k for k in ("dropout(0.2)+residual+layernorm",
                                                           "attention", "conv1d", "layernorm",
-                                                          "clip+Adam") if g.startswith(k)), ""))
+                                                          "ffn", "clip+Adam")
+                                             if g.startswith(k)), ""))
         if not op or not torch_med:
             continue
         auto = kernels.get(op).backend

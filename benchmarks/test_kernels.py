@@ -1,6 +1,7 @@
 """pytest-benchmark: the four named kernels (forward + backward) for every backend and for the
 PyTorch equivalent, at FastSpeech2 shapes; plus fused dropout+residual+LayerNorm against PyTorch's
-three ops, and clip+Adam on 35M parameters against the copy-bandwidth bound.
+three ops, the fused feed-forward core against PyTorch's conv-ReLU-conv, and clip+Adam on 35M
+parameters against the copy-bandwidth bound.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
         python -m pytest benchmarks/test_kernels.py --benchmark-only --benchmark-json=out.json
@@ -81,7 +82,38 @@ def test_conv1d(benchmark, impl, shape):
         def step():
             kk.forward(x, w, b)
             kk.backward(dy, x, w, None, np.zeros_like(x), np.zeros_like(w), np.zeros_like(b))
-    run(benchmark, step, rounds=3)
+    run(benchmark, step, rounds=7)
+
+
+# --------------------------------------------------------------------------- ffn
+@pytest.mark.benchmark(group="ffn 256-1024-k9 relu 1024-256-k1 B16 T400 ragged")
+@backends("ffn")
+def test_ffn(benchmark, impl):
+    """FastSpeech2's feed-forward core on a ragged batch: PyTorch computes every frame (as the
+    reference model does), fastcpu only the valid ones."""
+    Hd, K = 1024, 9
+    L = LENGTHS
+    valid = (np.arange(T)[None, :] < L[:, None])[..., None]
+    x, dy = r32(B, T, C) * valid, r32(B, T, C) * valid
+    w1, b1, w2, b2 = r32(Hd, C, K, scale=0.02), r32(Hd), r32(C, Hd, 1, scale=0.03), r32(C)
+    if impl == "torch":
+        c1 = torch.nn.Conv1d(C, Hd, K, padding=(K - 1) // 2)
+        c2 = torch.nn.Conv1d(Hd, C, 1)
+        tx = torch.tensor(x).transpose(1, 2).requires_grad_()
+        tdy = torch.tensor(dy).transpose(1, 2)
+
+        def step():
+            tx.grad = None
+            c1.zero_grad()
+            c2.zero_grad()
+            c2(torch.relu(c1(tx))).backward(tdy)
+    else:
+        kk = kernels.get("ffn", impl)
+
+        def step():
+            y, h = kk.forward(x, w1, b1, w2, b2, L)
+            kk.backward(dy, x, w1, w2, h, L, "new", *(np.zeros_like(a) for a in (w1, b1, w2, b2)))
+    run(benchmark, step, rounds=7)
 
 
 # --------------------------------------------------------------------------- layernorm

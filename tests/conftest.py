@@ -1,3 +1,5 @@
+import fastcpu  # noqa: F401  (first: its thread-pool env defaults must precede NumPy's OpenBLAS)
+
 import numpy as np
 import pytest
 
