@@ -13,7 +13,8 @@ cols[b*To + t, k*Ci + c] = x[b, t + k - pad, c] and Wt (Co, K*Ci) = w.transpose(
 y = cols @ Wt^T, dWt = dy^T @ cols and dcols = dy @ Wt (then col2im adds dcols back into dx).
 K=1 with no padding needs no im2col (cols is x). Backward accumulates (+=) into dx, dw, db.
 The ``fir2`` backend (the auto choice) computes wide "same" convs by the 2-parallel fast FIR
-algorithm instead: three GEMMs over half the rows with ceil(K/2), floor(K/2), ceil(K/2) taps
+algorithm instead: three GEMMs over half the rows with ceil(K/2), floor(K/2), ceil(K/2) taps, or
+the split nested once more (nine GEMMs over a quarter of the rows) for large batches
 (``fastcpu.kernels._fir2`` has the maths); equal to the direct conv up to float rounding.
 
 ``lengths`` (B,), optional, for "same" convs (To == T): rows t >= lengths[b] are padding — read as
@@ -35,9 +36,9 @@ from fastcpu.kernels import _fir2
 from fastcpu.kernels._common import PJIT, dx_row, scratch
 
 # auto = fir2: the Numba backend (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS), with
-# the wide "same" convs (K >= 5, Ci >= 128: FFT blocks' k9, PostNet's 512-channel k5) done by the
-# 2-parallel fast FIR algorithm (see forward_fir2), which needs 14/18 (k9) and 8/10 (k5) of the
-# GEMM FLOPs. Whole LJSpeech-config steps alternating numba / fir2 in one process (2 threads,
+# the wide "same" convs (K >= 5, Ci >= 128, >= 1000 valid rows: the decoder's k9 convs, PostNet's
+# 512-channel k5, the encoder's from B=16) done by the fast FIR algorithm (see _fir_depth), which
+# needs 14/18 (k9) and 8/10 (k5) of the GEMM FLOPs, 22/36 at k9 nested. Whole LJSpeech-config steps alternating numba / fir2 in one process (2 threads,
 # OpenBLAS vars unset): `python benchmarks/ab_step.py --kernel conv1d --backends numba,fir2
 # --batch 8 --phonemes 40-60 --steps 8` -> 1.552 / 1.460 s (0.94x; a run before it 0.88x).
 # Numba rather than Cython: isolated, the two direct backends trade places from run to run near
