@@ -169,3 +169,24 @@ def test_linear_cat_equals_separate_linears():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="pairs"):
         F.linear_cat(x, params[0], params[1], params[2])
+
+
+def test_attention_packed_equals_separate_q_k_v():
+    """One autograd Function serves both call forms: q, k, v apart, or packed in one tensor whose
+    slices the kernel reads (and whose gradient it writes) in place."""
+    from fastcpu.autograd import backward
+    rng = np.random.default_rng(4)
+    B, T, H, D = 2, 9, 2, 4
+    qkv0 = rng.standard_normal((B, T, 3, H, D)).astype(np.float32)
+    g = rng.standard_normal((B, T, H, D)).astype(np.float32)
+    L = np.array([9, 5])
+    packed = Tensor(qkv0.copy(), requires_grad=True)
+    y = F.attention_packed(packed, L)
+    backward([y], [g])
+    parts = [Tensor(np.ascontiguousarray(qkv0[:, :, i]), requires_grad=True) for i in range(3)]
+    y2 = F.attention(*parts, L)
+    backward([y2], [g])
+    np.testing.assert_allclose(y.data, y2.data, rtol=1e-6, atol=1e-6)
+    for i, p in enumerate(parts):
+        np.testing.assert_allclose(packed.grad[:, :, i], p.grad, rtol=1e-5, atol=1e-6)
+    assert np.abs(packed.grad).max() > 0

@@ -64,6 +64,45 @@ def check_out(buf, shape, dtype, what):
                          f"got {buf.dtype} {buf.shape}")
 
 
+def seq_offsets(lengths) -> np.ndarray:
+    """Row offsets of sequences packed back to back: [0, L0, L0+L1, ...] (int64, B+1 entries)."""
+    L = np.asarray(lengths, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
+
+
+@nb.njit(**PJIT)
+def colsum_nb(dy, db, nchunk):
+    # db += sum over rows, fixed chunks (thread-count independent)
+    M, N = dy.shape
+    part = np.zeros((nchunk, N), dtype=np.float32)
+    for ch in nb.prange(nchunk):
+        for r in range(ch * M // nchunk, (ch + 1) * M // nchunk):
+            for o in range(N):
+                part[ch, o] += dy[r, o]
+    for ch in range(nchunk):
+        for o in range(N):
+            db[o] += part[ch, o]
+
+
+@nb.njit(**PJIT)
+def masked_colsum_nb(dy, lengths, db, nchunk):
+    # db += sum of dy over valid rows, in fixed chunks (thread-count independent)
+    B, T, Co = dy.shape
+    N = B * T
+    part = np.zeros((nchunk, Co), dtype=np.float32)
+    for ch in nb.prange(nchunk):
+        for rr in range(ch * N // nchunk, (ch + 1) * N // nchunk):
+            bi = rr // T
+            t = rr - bi * T
+            if t < lengths[bi]:
+                row = dy[bi, t]
+                for o in range(Co):
+                    part[ch, o] += row[o]
+    for ch in range(nchunk):
+        for o in range(Co):
+            db[o] += part[ch, o]
+
+
 @nb.njit(inline="always")
 def dx_row(dx, lengths, r, acc):
     """Row r of a (B, T, C) input gradient walked as B*T rows (col2im-style kernels): (sequence,

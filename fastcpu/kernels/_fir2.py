@@ -34,7 +34,8 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
-from fastcpu.kernels._common import PJIT, dx_row, scratch
+from fastcpu.kernels._common import (PJIT, colsum_nb, dx_row, masked_colsum_nb, scratch,
+                                     seq_offsets)
 
 
 # ----------------------------------------------------------------------------- the plan (symbolic)
@@ -260,25 +261,6 @@ def _dz_nb(dy, ooff, lengths, off, stride, lstart, ltab, T, dZ):
 
 
 @nb.njit(**PJIT)
-def _masked_colsum_nb(dy, lengths, db, nchunk):
-    # db += sum of dy over valid rows, in fixed chunks (thread-count independent)
-    B, T, Co = dy.shape
-    N = B * T
-    part = np.zeros((nchunk, Co), dtype=np.float32)
-    for ch in nb.prange(nchunk):
-        for rr in range(ch * N // nchunk, (ch + 1) * N // nchunk):
-            bi = rr // T
-            t = rr - bi * T
-            if t < lengths[bi]:
-                row = dy[bi, t]
-                for o in range(Co):
-                    part[ch, o] += row[o]
-    for ch in range(nchunk):
-        for o in range(Co):
-            db[o] += part[ch, o]
-
-
-@nb.njit(**PJIT)
 def _dw_nb(G, ljk, ntap, wbase, dw):
     # dw[o, c, k] += G_l[o, j*Ci + c] for every (l, j, k)
     Co, Ci, K = dw.shape
@@ -361,7 +343,7 @@ def forward(x, w, b, pad, L, depth, compact=False, relu=False):
     Co, _, K = w.shape
     pl = plan(K, depth)
     off = row_offsets(L, pl)
-    ooff = np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
+    ooff = seq_offsets(L)
     N = int(off[-1])
     y = np.empty((int(ooff[-1]), Co) if compact else (B, T, Co), x.dtype)
     if not compact:
@@ -384,7 +366,6 @@ def forward(x, w, b, pad, L, depth, compact=False, relu=False):
 def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
     """Accumulates into dw (and db); writes (acc=False) or adds into dx unless dx is None.
     ``compact``: dy holds the valid rows only, (sum L, Co) in sequence order."""
-    from fastcpu.kernels.conv1d import _colsum_nb
     B, T, Ci = x.shape
     Co, _, K = w.shape
     if x.size == 0 or dy.size == 0:
@@ -393,13 +374,13 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
         return
     pl = plan(K, depth)
     off = row_offsets(L, pl)
-    ooff = np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
+    ooff = seq_offsets(L)
     N = int(off[-1])
     if db is not None:
         if compact:
-            _colsum_nb(dy, db, max(1, min(64, dy.shape[0])))
+            colsum_nb(dy, db, max(1, min(64, dy.shape[0])))
         else:
-            _masked_colsum_nb(dy, L, db, max(1, min(64, B * T)))
+            masked_colsum_nb(dy, L, db, max(1, min(64, B * T)))
     if N == 0:
         if dx is not None and not acc:
             dx[...] = 0

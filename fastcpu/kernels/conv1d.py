@@ -34,6 +34,7 @@ import numpy as np
 
 from fastcpu.kernels import _fir2
 from fastcpu.kernels._common import PJIT, dx_row, scratch
+from fastcpu.kernels._common import colsum_nb as _colsum_nb, seq_offsets as _offsets
 
 # auto = fir2: the Numba backend (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS), with
 # the wide "same" convs (K >= 5, Ci >= 128, >= 1000 valid rows: the decoder's k9 convs, PostNet's
@@ -98,6 +99,15 @@ def _new_dx(dx, x):
             raise ValueError(f"conv1d backward: dx must be an array, None or 'new', got {dx!r}")
         return np.zeros_like(x), True
     return dx, False
+
+
+def _dx_mode(dx, x):
+    """-> (dx, acc) for kernels that write dx themselves: "new" gives a fresh uninitialised array
+    to write (acc False); an array (or None) is accumulated into (acc True)."""
+    if isinstance(dx, str):
+        _new_dx(dx, x)                      # validates the string
+        return np.empty_like(x), False
+    return dx, True
 
 
 def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
@@ -232,31 +242,12 @@ def _col2im_rows_nb(dcols, lengths, offsets, K, pad, dx, acc):
                     dr[c] += src[k * Ci + c]
 
 
-def _offsets(lengths):
-    L = np.asarray(lengths, dtype=np.int64)
-    return np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
-
-
 @nb.njit(**PJIT)
 def _bias_nb(y, b):
     for r in nb.prange(y.shape[0]):
         yr = y[r]                   # row slice + range(len): vectorises (no wraparound check)
         for o in range(yr.shape[0]):
             yr[o] += b[o]
-
-
-@nb.njit(**PJIT)
-def _colsum_nb(dy, db, nchunk):
-    # db += sum over rows, fixed chunks (thread-count independent)
-    M, N = dy.shape
-    part = np.zeros((nchunk, N), dtype=np.float32)
-    for ch in nb.prange(nchunk):
-        for r in range(ch * M // nchunk, (ch + 1) * M // nchunk):
-            for o in range(N):
-                part[ch, o] += dy[r, o]
-    for ch in range(nchunk):
-        for o in range(N):
-            db[o] += part[ch, o]
 
 
 @nb.njit(**PJIT)
@@ -284,18 +275,24 @@ def _wt(w):
     return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(w.shape[0], -1)
 
 
-def _forward_rows_numba(x, w, b, pad, lengths):
-    B, T, Ci = x.shape
-    Co, _, K = w.shape
-    L = np.asarray(lengths, dtype=np.int64)
-    off = _offsets(L)
+def _rows_gemm(x, w, pad, L, off, yc):
+    """yc (sum L, Co) = the conv's valid output rows without bias (im2col of the valid rows)."""
     M = int(off[-1])
-    y = np.empty((B, T, Co), x.dtype)
-    cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
-    yc = scratch("conv1d.rows", (M, Co), x.dtype)
     if M:
+        Co, Ci, K = w.shape
+        cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
         _im2col_rows_nb(x, L, off, K, pad, cols)
         np.matmul(cols, _wt(w).T, out=yc)
+    return yc
+
+
+def _forward_rows_numba(x, w, b, pad, lengths):
+    B, T, _ = x.shape
+    Co = w.shape[0]
+    L = np.asarray(lengths, dtype=np.int64)
+    off = _offsets(L)
+    y = np.empty((B, T, Co), x.dtype)
+    yc = _rows_gemm(x, w, pad, L, off, scratch("conv1d.rows", (int(off[-1]), Co), x.dtype))
     if y.size:
         _scatter_rows_nb(yc, L, off, b if b is not None else np.zeros(0, x.dtype), b is not None,
                          y)
@@ -349,19 +346,16 @@ def _bias_relu_nb(y, b, has_b, relu):
 def forward_compact(x, w, b, lengths, relu=False):
     """Fused callers' entry ("same" conv, fir2 backend's choice of algorithm): the valid rows of
     the output only, (sum lengths, Co) in sequence order, optionally through max(., 0)."""
-    B, T, Ci, Co, K, pad, To = _geometry(x, w, None)
-    L = _lengths_or_full(lengths, B, T, To)
+    pad, L, depth = _fir_call(x, w, None, lengths)
+    if L is None:
+        raise ValueError(f"conv1d: a compact output needs a 'same' conv, got kernel {w.shape[2]}")
     x = np.ascontiguousarray(x)
-    depth = _fir_depth(K, Ci, To, T, int(L.sum()))
+    Co = w.shape[0]
     if depth:
         return _fir2.forward(x, w, b, pad, L, depth, compact=True, relu=relu)
     off = _offsets(L)
-    M = int(off[-1])
-    yc = np.empty((M, Co), x.dtype)
-    if M:
-        cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
-        _im2col_rows_nb(x, L, off, K, pad, cols)
-        np.matmul(cols, _wt(w).T, out=yc)
+    yc = _rows_gemm(x, w, pad, L, off, np.empty((int(off[-1]), Co), x.dtype))
+    if yc.size:
         _bias_relu_nb(yc, b if b is not None else np.zeros(0, x.dtype), b is not None, relu)
     return yc
 
@@ -369,15 +363,12 @@ def forward_compact(x, w, b, lengths, relu=False):
 def backward_compact(dyc, x, w, dx, dw, db, lengths):
     """Backward of ``forward_compact`` (without the ReLU) from the valid rows of dy; dx as in
     ``backward`` (an array to add into, "new" or None); returns dx."""
-    B, T, Ci, Co, K, pad, To = _geometry(x, w, None)
-    L = _lengths_or_full(lengths, B, T, To)
-    acc = not isinstance(dx, str)
-    if not acc:
-        _new_dx(dx, x)
-        dx = np.empty_like(x)
+    pad, L, depth = _fir_call(x, w, None, lengths)
+    if L is None:
+        raise ValueError(f"conv1d: a compact output needs a 'same' conv, got kernel {w.shape[2]}")
+    dx, acc = _dx_mode(dx, x)
     x = np.ascontiguousarray(x)
     dyc = np.ascontiguousarray(dyc)
-    depth = _fir_depth(K, Ci, To, T, int(L.sum()))
     if depth:
         _fir2.backward(dyc, x, w, pad, dx, dw, db, L, acc, depth, compact=True)
     elif int(L.sum()) == 0:
@@ -403,10 +394,7 @@ def forward_numba(x, w, b=None, padding=None, lengths=None):
 
 def backward_numba(dy, x, w, padding, dx, dw, db, lengths=None):
     B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
-    acc = not isinstance(dx, str)
-    if not acc:
-        _new_dx(dx, x)
-        dx = np.empty_like(x)
+    dx, acc = _dx_mode(dx, x)
     if lengths is not None:
         _valid(lengths, B, T, To)
         _backward_rows_numba(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad, dx, dw,
@@ -470,35 +458,35 @@ def _fir_depth(K, Ci, To, T, rows):
     return 2 if K >= max(5, FIR_DEPTH2_MIN_K) and rows >= FIR_DEPTH2_MIN_ROWS else 1
 
 
-def _lengths_or_full(lengths, B, T, To):
+def _fir_call(x, w, padding, lengths):
+    """-> (pad, L, depth) for one call: L the valid rows per sequence (all T without
+    ``lengths``; None for a conv that is not "same"), depth as ``_fir_depth``."""
+    B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
+    if To != T:
+        return pad, None, 0
     if lengths is None:
-        return np.full(B, T, np.int64)
-    _valid(lengths, B, T, To)
-    return np.asarray(lengths, np.int64)
+        L = np.full(B, T, np.int64)
+    else:
+        _valid(lengths, B, T, To)
+        L = np.asarray(lengths, np.int64)
+    return pad, L, _fir_depth(K, Ci, To, T, int(L.sum()))
 
 
 def forward_fir2(x, w, b=None, padding=None, lengths=None):
     """The Numba backend, with wide "same" convs (see ``_fir_depth``) computed by the fast FIR
     algorithm (``fastcpu.kernels._fir2``: 3 or 9 smaller GEMMs, 14/18 or 22/36 of the direct
     FLOPs at K=9)."""
-    B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
-    L = _lengths_or_full(lengths, B, T, To) if To == T else None
-    depth = _fir_depth(K, Ci, To, T, 0 if L is None else int(L.sum()))
+    pad, L, depth = _fir_call(x, w, padding, lengths)
     if depth == 0:
         return forward_numba(x, w, b, padding, lengths)
     return _fir2.forward(np.ascontiguousarray(x), w, b, pad, L, depth)
 
 
 def backward_fir2(dy, x, w, padding, dx, dw, db, lengths=None):
-    B, T, Ci, Co, K, pad, To = _geometry(x, w, padding)
-    L = _lengths_or_full(lengths, B, T, To) if To == T else None
-    depth = _fir_depth(K, Ci, To, T, 0 if L is None else int(L.sum()))
+    pad, L, depth = _fir_call(x, w, padding, lengths)
     if depth == 0:
         return backward_numba(dy, x, w, padding, dx, dw, db, lengths)
-    acc = not isinstance(dx, str)
-    if not acc:
-        _new_dx(dx, x)
-        dx = np.empty_like(x)
+    dx, acc = _dx_mode(dx, x)
     _fir2.backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, pad, dx, dw, db, L, acc,
                    depth)
     return dx

@@ -22,7 +22,7 @@ import numba as nb
 import numpy as np
 
 from fastcpu.kernels import conv1d
-from fastcpu.kernels._common import PJIT, scratch
+from fastcpu.kernels._common import PJIT, colsum_nb, scratch, seq_offsets
 
 AUTO = "numba"
 
@@ -73,7 +73,7 @@ def forward_numba(x, w1, b1, w2, b2, lengths):
     B, T = x.shape[:2]
     Co = w2.shape[0]
     h = conv1d.forward_compact(x, w1, b1, L, relu=True)           # (M, H)
-    off = conv1d._offsets(L)
+    off = seq_offsets(L)
     yc = scratch("ffn.y", (h.shape[0], Co), x.dtype)
     if h.shape[0]:
         np.matmul(h, w2[:, :, 0].T, out=yc)
@@ -86,14 +86,14 @@ def forward_numba(x, w1, b1, w2, b2, lengths):
 
 def backward_numba(dy, x, w1, w2, h, lengths, dx, dw1, db1, dw2, db2):
     L = _check(x, w1, w2, lengths)
-    off = conv1d._offsets(L)
+    off = seq_offsets(L)
     M, H = h.shape
     Co = w2.shape[0]
     dyc = scratch("ffn.y", (M, Co), x.dtype)
     if M:
         conv1d._gather_rows_nb(np.ascontiguousarray(dy), L, off, dyc)
         if db2 is not None:
-            conv1d._colsum_nb(dyc, db2, max(1, min(64, M)))
+            colsum_nb(dyc, db2, max(1, min(64, M)))
         dw2[:, :, 0] += dyc.T @ h
         dh = np.matmul(dyc, w2[:, :, 0], out=scratch("ffn.h", (M, H), x.dtype))
         _relu_grad_colsum_nb(dh, h, db1 if db1 is not None else np.zeros(H, np.float32),

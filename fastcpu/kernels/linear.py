@@ -23,7 +23,7 @@ def forward_reference(x, w, b=None):
 
 
 def backward_reference(dy, x, w, dx, dw, db):
-    from fastcpu.kernels.conv1d import _colsum_nb
+    from fastcpu.kernels._common import colsum_nb
     dy2 = np.ascontiguousarray(dy).reshape(-1, dy.shape[-1])
     x2 = x.reshape(-1, x.shape[-1])
     if isinstance(dx, str):
@@ -35,7 +35,7 @@ def backward_reference(dy, x, w, dx, dw, db):
     dw += dy2.T @ x2
     if db is not None and dy2.shape[0]:
         if dy2.dtype == np.float32 and db.dtype == np.float32:
-            _colsum_nb(dy2, db, max(1, min(64, dy2.shape[0])))
+            colsum_nb(dy2, db, max(1, min(64, dy2.shape[0])))
         else:
             db += dy2.sum(0)
     return dx

@@ -172,8 +172,15 @@ def residual_layer_norm(a, res, w, b, p=0.0, seed=0, eps=1e-5, backend=None):
 
 
 class _Attention(Function):
+    """Inputs q, k, v (B, T, H, D), or one packed (B, T, 3, H, D) whose three slices the kernels
+    read in place (and whose gradient they write in place)."""
     @staticmethod
-    def forward(ctx, q, k, v, lengths, scale, backend, skip):
+    def _split(a):
+        return a[:, :, 0], a[:, :, 1], a[:, :, 2]
+
+    @staticmethod
+    def forward(ctx, *qkv, lengths, scale, backend, skip):
+        q, k, v = _Attention._split(qkv[0]) if len(qkv) == 1 else qkv
         out, lse = _k("attention", backend).forward(q, k, v, lengths, scale, skip)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.lengths, ctx.scale, ctx.backend, ctx.skip = lengths, scale, backend, skip
@@ -182,10 +189,12 @@ class _Attention(Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.grad_buffer(0), ctx.grad_buffer(1), ctx.grad_buffer(2)
+        n = len(ctx.inputs)
+        grads = tuple(ctx.grad_buffer(i) for i in range(n))
+        dq, dk, dv = _Attention._split(grads[0]) if n == 1 else grads
         _k("attention", ctx.backend).backward(dout, q, k, v, out, lse, ctx.lengths, ctx.scale,
                                               dq, dk, dv, ctx.skip)
-        return dq, dk, dv
+        return grads
 
 
 def attention(q, k, v, lengths, scale=None, backend=None, skip_padded_queries=False):
@@ -194,30 +203,11 @@ def attention(q, k, v, lengths, scale=None, backend=None, skip_padded_queries=Fa
                             skip=skip_padded_queries)
 
 
-class _AttentionPacked(Function):
-    @staticmethod
-    def forward(ctx, qkv, lengths, scale, backend, skip):
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out, lse = _k("attention", backend).forward(q, k, v, lengths, scale, skip)
-        ctx.save_for_backward(qkv, out, lse)
-        ctx.lengths, ctx.scale, ctx.backend, ctx.skip = lengths, scale, backend, skip
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        qkv, out, lse = ctx.saved_tensors
-        dqkv = ctx.grad_buffer(0)
-        _k("attention", ctx.backend).backward(dout, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], out,
-                                              lse, ctx.lengths, ctx.scale, dqkv[:, :, 0],
-                                              dqkv[:, :, 1], dqkv[:, :, 2], ctx.skip)
-        return (dqkv,)
-
-
 def attention_packed(qkv, lengths, scale=None, backend=None, skip_padded_queries=False):
     """Attention of q, k, v packed in one (B, T, 3, H, D) Tensor (one projection GEMM made them),
     -> (B, T, H, D); the kernels read the three strided views in place."""
-    return _AttentionPacked.apply(qkv, lengths=lengths, scale=scale, backend=backend,
-                                  skip=skip_padded_queries)
+    return _Attention.apply(qkv, lengths=lengths, scale=scale, backend=backend,
+                            skip=skip_padded_queries)
 
 
 class _Reshape(Function):
