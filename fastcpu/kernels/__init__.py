@@ -22,12 +22,18 @@ from types import SimpleNamespace
 OPS = ("attention", "conv1d", "layernorm", "adam", "linear", "dropout", "activations",
        "embedding", "bucketize", "length_regulator", "batchnorm", "losses", "ffn")
 CYTHON_KERNELS = ("layernorm", "adam", "conv1d", "attention")
-BACKENDS = ("reference", "numba", "cython", "dispatch", "fir2")   # dispatch, fir2: see conv1d
+BACKENDS = ("reference", "numba", "cython", "dispatch", "fir2", "gemm")  # dispatch, fir2: conv1d
 
-__all__ = ["get", "available", "OPS", "BACKENDS",
+__all__ = ["get", "available", "use", "OPS", "BACKENDS",
            "attention_forward", "attention_backward", "conv1d_forward", "conv1d_backward",
            "layer_norm_forward", "layer_norm_backward", "residual_layer_norm_forward",
            "residual_layer_norm_backward", "clip_adam", "grad_norm"]
+
+
+def use(precision: str = "fp32"):
+    """Context: the precision of every GEMM inside ("fp32" | "bf16"; see ``kernels.gemm``)."""
+    from fastcpu.kernels import gemm
+    return gemm.use(precision)
 
 
 def _module(name):

@@ -34,6 +34,7 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
+from fastcpu.kernels import gemm
 from fastcpu.kernels._common import (PJIT, colsum_nb, dx_row, masked_colsum_nb, scratch,
                                      seq_offsets)
 
@@ -355,8 +356,8 @@ def forward(x, w, b, pad, L, depth, compact=False, relu=False):
     cols = _cols(x, L, off, pad, pl, cbase)
     Z = scratch("fir.z", (pl.nleaf, N, Co))
     for l in range(pl.nleaf):
-        np.matmul(_views(cols, cbase, pl, N, Ci, l), _views(wl, wbase, pl, N, Ci, l, Co).T,
-                  out=Z[l])
+        gemm.matmul(_views(cols, cbase, pl, N, Ci, l), _views(wl, wbase, pl, N, Ci, l, Co).T,
+                    Z[l])
     _combine_nb(Z, ooff, off, pl.stride, pl.tstart, pl.tab,
                 b if b is not None else np.zeros(0, x.dtype), b is not None, relu,
                 0 if compact else T, y.reshape(-1, Co))
@@ -392,12 +393,12 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
     cols = _cols(x, L, off, pad, pl, cbase)
     G = scratch("fir.g", (int(wbase[-1]),))
     for l in range(pl.nleaf):
-        np.matmul(dZ[l].T, _views(cols, cbase, pl, N, Ci, l), out=_views(G, wbase, pl, N, Ci, l,
-                                                                          Co))
+        gemm.matmul(dZ[l].T, _views(cols, cbase, pl, N, Ci, l), _views(G, wbase, pl, N, Ci, l,
+                                                                         Co))
     _dw_nb(G, pl.ljk, pl.ntap, wbase, dw)
     if dx is not None:
         wl = _leaf_weights(w, pl, wbase)
         for l in range(pl.nleaf):                 # the columns are consumed: reuse them
             c = _views(cols, cbase, pl, N, Ci, l)
-            np.matmul(dZ[l], _views(wl, wbase, pl, N, Ci, l, Co), out=c)
+            gemm.matmul(dZ[l], _views(wl, wbase, pl, N, Ci, l, Co), c)
         _col2im_nb(cols, L, off, pl.stride, pad, pl.ntap, pl.dstart, pl.doffs, cbase, dx, acc)

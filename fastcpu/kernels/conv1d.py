@@ -32,7 +32,7 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
-from fastcpu.kernels import _fir2
+from fastcpu.kernels import _fir2, gemm
 from fastcpu.kernels._common import PJIT, dx_row, scratch
 from fastcpu.kernels._common import colsum_nb as _colsum_nb, seq_offsets as _offsets
 
@@ -282,7 +282,7 @@ def _rows_gemm(x, w, pad, L, off, yc):
         Co, Ci, K = w.shape
         cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
         _im2col_rows_nb(x, L, off, K, pad, cols)
-        np.matmul(cols, _wt(w).T, out=yc)
+        gemm.matmul(cols, _wt(w).T, yc)
     return yc
 
 
@@ -321,13 +321,13 @@ def _backward_compact_direct(dyc, x, w, pad, dx, dw, db, L, off, acc):
         _colsum_nb(dyc, db, max(1, min(64, M)))
     cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
     _im2col_rows_nb(x, L, off, K, pad, cols)
-    dwt = dyc.T @ cols
+    dyb = gemm.operand(dyc)                              # converted once for both GEMMs
     if K == 1:
-        dw.reshape(Co, Ci)[...] += dwt
+        gemm.matmul(dyb.T, cols, dw.reshape(Co, Ci), accumulate=True)
     else:
-        _dw_scatter_nb(dwt, dw)
+        _dw_scatter_nb(gemm.matmul(dyb.T, cols), dw)
     if dx is not None:
-        dcols = np.matmul(dyc, _wt(w), out=cols)             # cols is consumed: reuse it
+        dcols = gemm.matmul(dyb, _wt(w), cols)               # cols is consumed: reuse it
         _col2im_rows_nb(dcols, L, off, K, pad, dx, acc)
 
 
@@ -386,7 +386,7 @@ def forward_numba(x, w, b=None, padding=None, lengths=None):
         return _forward_rows_numba(np.ascontiguousarray(x), w, b, pad, lengths)
     cols = _cols_numba(np.ascontiguousarray(x), K, pad, To)
     y = np.empty((B * To, Co), x.dtype)
-    np.matmul(cols, _wt(w).T, out=y)
+    gemm.matmul(cols, _wt(w).T, y)
     if b is not None and y.size:
         _bias_nb(y, b)
     return y.reshape(B, To, Co)
@@ -413,19 +413,16 @@ def _backward_full_numba(dy, x, w, pad, dx, dw, db, acc, B, T, Ci, Co, K, To):
             dx[...] = 0
         return
     cols = _cols_numba(np.ascontiguousarray(x), K, pad, To)
-    dwt = dy2.T @ cols                                   # (Co, K*Ci)
+    dyb = gemm.operand(dy2)
     if K == 1:
-        dw.reshape(Co, Ci)[...] += dwt
+        gemm.matmul(dyb.T, cols, dw.reshape(Co, Ci), accumulate=True)
     else:
-        _dw_scatter_nb(dwt, dw)
+        _dw_scatter_nb(gemm.matmul(dyb.T, cols), dw)             # dWt (Co, K*Ci)
     if dx is not None:
         if K == 1 and pad == 0:
-            if acc:
-                dx.reshape(B * T, Ci)[...] += dy2 @ _wt(w)
-            else:
-                np.matmul(dy2, _wt(w), out=dx.reshape(B * T, Ci))
+            gemm.matmul(dyb, _wt(w), dx.reshape(B * T, Ci), accumulate=acc)
         else:
-            dcols = np.matmul(dy2, _wt(w), out=scratch("conv1d.cols", (B * To, K * Ci)))
+            dcols = gemm.matmul(dyb, _wt(w), scratch("conv1d.cols", (B * To, K * Ci)))
             _col2im_nb(dcols, K, pad, To, dx, acc)
 
 

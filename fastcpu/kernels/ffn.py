@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
-from fastcpu.kernels import conv1d
+from fastcpu.kernels import conv1d, gemm
 from fastcpu.kernels._common import PJIT, colsum_nb, scratch, seq_offsets
 
 AUTO = "numba"
@@ -76,7 +76,7 @@ def forward_numba(x, w1, b1, w2, b2, lengths):
     off = seq_offsets(L)
     yc = scratch("ffn.y", (h.shape[0], Co), x.dtype)
     if h.shape[0]:
-        np.matmul(h, w2[:, :, 0].T, out=yc)
+        gemm.matmul(h, w2[:, :, 0].T, yc)
     y = np.empty((B, T, Co), x.dtype)
     if y.size:
         conv1d._scatter_rows_nb(yc, L, off, b2 if b2 is not None else np.zeros(0, x.dtype),
@@ -94,8 +94,9 @@ def backward_numba(dy, x, w1, w2, h, lengths, dx, dw1, db1, dw2, db2):
         conv1d._gather_rows_nb(np.ascontiguousarray(dy), L, off, dyc)
         if db2 is not None:
             colsum_nb(dyc, db2, max(1, min(64, M)))
-        dw2[:, :, 0] += dyc.T @ h
-        dh = np.matmul(dyc, w2[:, :, 0], out=scratch("ffn.h", (M, H), x.dtype))
+        dyb = gemm.operand(dyc)
+        gemm.matmul(dyb.T, h, dw2[:, :, 0], accumulate=True)
+        dh = gemm.matmul(dyb, w2[:, :, 0], scratch("ffn.h", (M, H), x.dtype))
         _relu_grad_colsum_nb(dh, h, db1 if db1 is not None else np.zeros(H, np.float32),
                              max(1, min(64, M)))
     else:

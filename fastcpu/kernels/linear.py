@@ -5,14 +5,18 @@ Shapes: x (..., Ci), w (Co, Ci), b (Co,) or None, y (..., Co).
     backward: dx += dy @ w;  dw += dy^T @ x;  db += sum_rows dy
 
 ``dx="new"`` writes a fresh dx (one GEMM straight into it: no zero fill, no temporary) and
-returns it; ``dx=None`` skips it. NumPy's BLAS call *is* the fast path for the GEMMs; the bias
-gradient's column sum runs in parallel (fixed row chunks). So one backend, and ``auto`` picks it.
+returns it; ``dx=None`` skips it. The ``gemm`` backend (auto) runs the GEMMs through
+``fastcpu.kernels.gemm`` in the precision of ``kernels.use`` (fp32: the same NumPy calls as the
+reference; bf16: oneDNN with the bias fused into the forward GEMM, dy converted once for both
+backward GEMMs); the bias gradient's column sum runs in parallel (fixed row chunks).
 """
 from types import SimpleNamespace
 
 import numpy as np
 
-AUTO = "reference"
+from fastcpu.kernels import gemm
+
+AUTO = "gemm"
 
 
 def forward_reference(x, w, b=None):
@@ -41,5 +45,36 @@ def backward_reference(dy, x, w, dx, dw, db):
     return dx
 
 
+def _check_dx(dx):
+    if isinstance(dx, str) and dx != "new":
+        raise ValueError(f"linear backward: dx must be an array, None or 'new', got {dx!r}")
+
+
+def forward_gemm(x, w, b=None):
+    if gemm.current() == "fp32":
+        return forward_reference(x, w, b)
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    return gemm.matmul(x2, w.T, bias=b).reshape(*x.shape[:-1], w.shape[0])
+
+
+def backward_gemm(dy, x, w, dx, dw, db):
+    if gemm.current() == "fp32":
+        return backward_reference(dy, x, w, dx, dw, db)
+    from fastcpu.kernels._common import colsum_nb
+    _check_dx(dx)
+    dy2 = np.ascontiguousarray(dy).reshape(-1, dy.shape[-1])
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    if db is not None and dy2.shape[0]:
+        colsum_nb(dy2, db, max(1, min(64, dy2.shape[0])))
+    dyb = gemm.operand(dy2)                          # one conversion for both GEMMs
+    if isinstance(dx, str):
+        dx = gemm.matmul(dyb, w).reshape(x.shape)
+    elif dx is not None:
+        gemm.matmul(dyb, w, dx.reshape(-1, dx.shape[-1]), accumulate=True)
+    gemm.matmul(dyb.T, x2, dw, accumulate=True)
+    return dx
+
+
 BACKENDS = {"reference": lambda: SimpleNamespace(forward=forward_reference,
-                                                 backward=backward_reference)}
+                                                 backward=backward_reference),
+            "gemm": lambda: SimpleNamespace(forward=forward_gemm, backward=backward_gemm)}
