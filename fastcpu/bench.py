@@ -26,6 +26,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+SIDES = ("fastcpu", "pytorch", "fastcpu-bf16", "pytorch-bf16")
+LABELS = {"fastcpu": "fastcpu fp32", "pytorch": "PyTorch fp32", "fastcpu-bf16": "fastcpu bf16",
+          "pytorch-bf16": "PyTorch bf16 autocast"}
 
 
 class BenchError(RuntimeError):
@@ -104,12 +107,14 @@ def _import_reference():
 
 
 class FastcpuSide:
-    name = "fastcpu"
+    """fastcpu's training step; ``precision`` "bf16" runs every GEMM on oneDNN in bf16."""
 
-    def __init__(self, cfg, state, batch):
+    def __init__(self, cfg, state, batch, precision="fp32"):
         from fastcpu import nn
         from fastcpu.models import FastSpeech2, FastSpeech2Loss
         from fastcpu.optim import Adam
+        self.name = "fastcpu" + ("" if precision == "fp32" else "-" + precision)
+        self.precision = precision
         self.model = FastSpeech2(cfg.model)
         if state is not None:
             self.model.load_state_dict(state)
@@ -119,32 +124,40 @@ class FastcpuSide:
         self.b = batch
 
     def step(self):
+        from fastcpu import kernels
         b = self.b
-        t0 = time.perf_counter()
-        out = self.model(np.zeros(len(b["src_lens"])), b["texts"], b["src_lens"], None,
-                         b["mels"], b["mel_lens"], b["max_mel_len"], b["pitches"],
-                         b["energies"], b["durations"])
-        losses = self.loss(out, b["mels"], b["pitches"], b["energies"], b["durations"])
-        t1 = time.perf_counter()
-        losses["total"].backward()
-        t2 = time.perf_counter()
-        self.opt.step()
-        self.opt.zero_grad()
-        t3 = time.perf_counter()
+        with kernels.use(self.precision):
+            t0 = time.perf_counter()
+            out = self.model(np.zeros(len(b["src_lens"])), b["texts"], b["src_lens"], None,
+                             b["mels"], b["mel_lens"], b["max_mel_len"], b["pitches"],
+                             b["energies"], b["durations"])
+            losses = self.loss(out, b["mels"], b["pitches"], b["energies"], b["durations"])
+            t1 = time.perf_counter()
+            losses["total"].backward()
+            t2 = time.perf_counter()
+            self.opt.step()
+            self.opt.zero_grad()
+            t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, losses["total"].item()
 
 
 class TorchSide:
-    name = "pytorch"
+    """The PyTorch implementation of the reference, eager, ``torch.optim.Adam(fused=True)`` (its
+    fastest CPU optimizer); ``precision`` "bf16" runs forward + loss under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the one-line mixed precision of PyTorch)."""
 
-    def __init__(self, cfg, batch, seed):
+    def __init__(self, cfg, batch, seed, precision="fp32", state=None):
         torch, TorchFastSpeech2, torch_loss = _import_reference()
         self.torch, self.loss = torch, torch_loss
+        self.name = "pytorch" + ("" if precision == "fp32" else "-" + precision)
+        self.precision = precision
         torch.manual_seed(seed)
         self.model = TorchFastSpeech2(cfg.model).train()
+        if state is not None:
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=1e-3, betas=tuple(cfg.optimizer.betas),
-                                    eps=cfg.optimizer.eps)
+                                    eps=cfg.optimizer.eps, fused=True)
         self.clip = cfg.optimizer.grad_clip_thresh
         from fastcpu.optim import Schedule                 # the same lr schedule as fastcpu's
         self.schedule, self.t = Schedule(cfg.optimizer, cfg.model.encoder_hidden), 0
@@ -155,11 +168,15 @@ class TorchSide:
         return {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def step(self):
+        import contextlib
         b, torch = self.b, self.torch
+        amp = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16"
+               else contextlib.nullcontext())
         t0 = time.perf_counter()
-        out = self.model(b["texts"], b["src_lens"], b["mel_lens"], b["max_mel_len"],
-                         b["pitches"], b["energies"], b["durations"])
-        losses = self.loss(out, b["mels"], b["pitches"], b["energies"], b["durations"])
+        with amp:
+            out = self.model(b["texts"], b["src_lens"], b["mel_lens"], b["max_mel_len"],
+                             b["pitches"], b["energies"], b["durations"])
+            losses = self.loss(out, b["mels"], b["pitches"], b["energies"], b["durations"])
         t1 = time.perf_counter()
         losses["total"].backward()
         t2 = time.perf_counter()
@@ -206,11 +223,18 @@ def _child_rss(side: str, args) -> dict:
     """Run 3 steps of one side in a fresh process; its peak RSS (VmHWM)."""
     cmd = [sys.executable, "-m", "fastcpu.bench", "--child", side, "--batch", str(args.batch),
            "--phonemes", args.phonemes, "--threads", str(args.threads), "--seed",
-           str(args.seed), "--allow-openblas-env"]
+           str(args.seed), "--config", args.config, "--allow-openblas-env"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
     if r.returncode != 0:
         raise BenchError(f"RSS child for {side} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _make_side(name, cfg, batch, seed, state=None):
+    kind, _, precision = name.partition("-")
+    if kind == "fastcpu":
+        return FastcpuSide(cfg, state, batch, precision or "fp32")
+    return TorchSide(cfg, batch, seed, precision or "fp32", state)
 
 
 def _run_child(args, cfg, batch) -> int:
@@ -218,10 +242,8 @@ def _run_child(args, cfg, batch) -> int:
 
     from fastcpu import runtime
     with runtime.threads(args.threads), runtime.keep_memory():
-        if args.child == "fastcpu":
-            side = FastcpuSide(cfg, None, batch)
-        else:
-            side = TorchSide(cfg, batch, args.seed)
+        side = _make_side(args.child, cfg, batch, args.seed)
+        if isinstance(side, TorchSide):
             side.torch.set_num_threads(args.threads)
         for _ in range(3):
             side.step()
@@ -238,6 +260,24 @@ def _run_child(args, cfg, batch) -> int:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"side": args.child, "peak_rss_bytes": rss}))
     return 0
+
+
+CONTENTION_CODE = """
+import sys, time
+import numpy as np
+a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    a @ a
+"""
+
+
+def start_contention(threads: int, seconds: float = 3600.0):
+    """A background process doing NumPy (OpenBLAS) matmuls on ``threads`` threads, as a second
+    job on the same cores would; it ends by itself after ``seconds``."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    return subprocess.Popen([sys.executable, "-c", CONTENTION_CODE, str(seconds)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ----------------------------------------------------------------------------- main
@@ -268,11 +308,19 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     ap.add_argument("--allow-openblas-env", action="store_true",
                     help="run even with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE set")
-    ap.add_argument("--child", choices=["fastcpu", "pytorch"], help=argparse.SUPPRESS)
+    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32",
+                    help="fp32: fastcpu fp32 vs PyTorch fp32; bf16: fastcpu bf16 (oneDNN) vs "
+                         "PyTorch bf16 autocast; both: all four (default fp32)")
+    ap.add_argument("--contention", type=int, default=0, metavar="N",
+                    help="run a background process doing N-thread NumPy matmuls during the "
+                         "timing, for every side alike (default 0: none)")
+    ap.add_argument("--child", choices=list(SIDES), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("batch", "threads", "steps"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
+    if args.contention < 0:
+        ap.error("--contention must be >= 0")
     set_vars = [v for v in OPENBLAS_VARS if os.environ.get(v)]
     if set_vars and not args.allow_openblas_env:
         print(f"error: {', '.join(set_vars)} set. They pin OpenBLAS to an older kernel and cut "
@@ -299,48 +347,73 @@ def main(argv=None) -> int:
         return 2
 
 
+def _sides_for(precision):
+    return {"fp32": ["fastcpu", "pytorch"], "bf16": ["fastcpu-bf16", "pytorch-bf16"],
+            "both": ["fastcpu", "pytorch", "fastcpu-bf16", "pytorch-bf16"]}[precision]
+
+
 def _bench(args, cfg, batch) -> int:
     from fastcpu import __version__, runtime
+    from fastcpu.kernels import gemm
+    names = _sides_for(args.precision)
+    if "fastcpu-bf16" in names and not gemm.bf16_status().startswith("ok"):
+        raise BenchError(f"fastcpu bf16: {gemm.bf16_status()}")
     real = int(batch["mel_lens"].sum())
     padded = args.batch * batch["max_mel_len"]
     print(f"batch {args.batch}, phonemes {args.phonemes}: {real} real frames of {padded} "
           f"(max {batch['max_mel_len']}, padding {100 * (1 - real / padded):.0f}%), "
-          f"{args.threads} threads, {args.steps} timed steps each after {args.warmup} warm-up",
-          flush=True)
+          f"{args.threads} threads, {args.steps} timed steps each after {args.warmup} warm-up"
+          + (f", contention: a {args.contention}-thread NumPy matmul process"
+             if args.contention else ""), flush=True)
+    bg = None
     with runtime.threads(args.threads), runtime.keep_memory():
-        torch_side = TorchSide(cfg, batch, args.seed)
-        torch_side.torch.set_num_threads(args.threads)
-        ours = FastcpuSide(cfg, torch_side.state(), batch)
+        first = TorchSide(cfg, batch, args.seed, "fp32")
+        state = first.state()
+        sides = []
+        for n in names:
+            side = first if n == "pytorch" else _make_side(n, cfg, batch, args.seed, state)
+            if isinstance(side, TorchSide):
+                side.torch.set_num_threads(args.threads)
+            sides.append(side)
+        torch = first.torch
         info = runtime.info()
         print(runtime.format_info(info))
-        tcfg = torch_side.torch.__config__
-        torch_info = {"version": torch_side.torch.__version__,
-                      "threads": torch_side.torch.get_num_threads(),
+        tcfg = torch.__config__
+        torch_info = {"version": torch.__version__, "threads": torch.get_num_threads(),
                       "parallel_info": tcfg.parallel_info(), "config": tcfg.show()}
         blas = [ln.strip(" -") for ln in torch_info["config"].splitlines()
                 if "Math Kernel Library Version" in ln or "Deep Neural Network Library" in ln]
         print(f"torch {torch_info['version']}, {torch_info['threads']} threads; "
               + "; ".join(blas), flush=True)
         peaks = gemm_peaks(args.threads)
-        for _ in range(args.warmup):
-            ours.step()
-            torch_side.step()
-        times = {"fastcpu": [], "pytorch": []}
-        for i in range(args.steps):
-            for side in (ours, torch_side):                   # A B A B ...
-                times[side.name].append(side.step())
-            f, t = times["fastcpu"][-1], times["pytorch"][-1]
-            print(f"  step {i + 1}: fastcpu {sum(f[:3]):.2f} s (loss {f[3]:.4f})  "
-                  f"pytorch {sum(t[:3]):.2f} s (loss {t[3]:.4f})", flush=True)
+        try:
+            if args.contention:
+                bg = start_contention(args.contention)
+            for _ in range(args.warmup):
+                for side in sides:
+                    side.step()
+            times = {s.name: [] for s in sides}
+            for i in range(args.steps):
+                for side in sides:                            # A B C D A B C D ...
+                    times[side.name].append(side.step())
+                print(f"  step {i + 1}: " + "  ".join(
+                    f"{LABELS[n]} {sum(t[-1][:3]):.2f} s (loss {t[-1][3]:.4f})"
+                    for n, t in times.items()), flush=True)
+        finally:
+            if bg is not None:
+                bg.kill()
+                bg.wait()
     rss = {}
     if not args.no_rss:
-        for side in ("fastcpu", "pytorch"):
-            rss[side] = _child_rss(side, args)["peak_rss_bytes"]
+        for n in names:
+            rss[n] = _child_rss(n, args)["peak_rss_bytes"]
     flops = step_flops(cfg.model, batch)
     rec = _summarise(times, flops, peaks, rss)
     rec.update(batch=args.batch, phonemes=args.phonemes, threads=args.threads,
+               precision=args.precision, contention=args.contention,
                real_frames=real, padded_frames=padded, runtime=info, fastcpu=__version__,
                torch=torch_info, gemm_peaks=peaks, step_flops=flops,
+               onednn_isa=info.get("gemm", {}).get("onednn_isa"),
                machine=platform.processor() or platform.machine(),
                command="python -m fastcpu.bench " + " ".join(
                    a for a in sys.argv[1:] if a))
@@ -351,7 +424,7 @@ def _bench(args, cfg, batch) -> int:
 
 
 def _summarise(times, flops, peaks, rss):
-    rec = {"sides": {}}
+    rec = {"sides": {}, "ratios": {}, "ratios_pairwise": {}}
     for name, rows in times.items():
         a = np.array([r[:3] for r in rows])
         tot = a.sum(1)
@@ -360,10 +433,16 @@ def _summarise(times, flops, peaks, rss):
             "step_max": float(tot.max()), "forward": float(np.median(a[:, 0])),
             "backward": float(np.median(a[:, 1])), "optimizer": float(np.median(a[:, 2])),
             "gflops": flops / float(np.median(tot)) / 1e9, "peak_rss": rss.get(name)}
-    f = np.array([sum(r[:3]) for r in times["fastcpu"]])
-    t = np.array([sum(r[:3]) for r in times["pytorch"]])
-    rec["ratio_of_medians"] = float(np.median(f) / np.median(t))
-    rec["ratio_pairwise_median"] = float(np.median(f / t))
+    for prec, (ours, theirs) in {"fp32": ("fastcpu", "pytorch"),
+                                 "bf16": ("fastcpu-bf16", "pytorch-bf16")}.items():
+        if ours in times:
+            f = np.array([sum(r[:3]) for r in times[ours]])
+            t = np.array([sum(r[:3]) for r in times[theirs]])
+            rec["ratios"][prec] = float(np.median(f) / np.median(t))
+            rec["ratios_pairwise"][prec] = float(np.median(f / t))
+    first = next(iter(rec["ratios"]))
+    rec["ratio_of_medians"] = rec["ratios"][first]              # (older readers)
+    rec["ratio_pairwise_median"] = rec["ratios_pairwise"][first]
     rec["gemm_peak"] = max(peaks.values())
     return rec
 
@@ -371,28 +450,32 @@ def _summarise(times, flops, peaks, rss):
 def _table(rec) -> str:
     s = rec["sides"]
     peak = rec["gemm_peak"]
-    lines = [f"| | fastcpu | PyTorch eager |", "|---|---|---|"]
+    names = list(s)
+    lines = ["| | " + " | ".join(LABELS[n] for n in names) + " |",
+             "|---|" + "---|" * len(names)]
 
     def row(label, fn):
-        lines.append(f"| {label} | {fn(s['fastcpu'])} | {fn(s['pytorch'])} |")
+        lines.append(f"| {label} | " + " | ".join(fn(s[n]) for n in names) + " |")
     row("step median (min–max)", lambda d: f"{d['step_median']:.2f} s ({d['step_min']:.2f}–"
                                            f"{d['step_max']:.2f})")
     row("forward + loss", lambda d: f"{d['forward']:.2f} s")
     row("backward", lambda d: f"{d['backward']:.2f} s")
     row("clip + Adam", lambda d: f"{d['optimizer'] * 1e3:.0f} ms")
-    row("model GFLOP/s* (% of GEMM peak)", lambda d: f"{d['gflops']:.0f} "
-                                                     f"({100 * d['gflops'] / peak:.0f}%)")
-    if s["fastcpu"]["peak_rss"]:
+    row("model GFLOP/s* (% of fp32 GEMM peak)",
+        lambda d: f"{d['gflops']:.0f} ({100 * d['gflops'] / peak:.0f}%)")
+    if all(d["peak_rss"] for d in s.values()):
         row("peak RSS", lambda d: f"{d['peak_rss'] / 2**30:.2f} GiB")
-    lines.append(f"\nfastcpu / PyTorch: {rec['ratio_of_medians']:.2f}x (ratio of medians; "
-                 f"median of per-pair ratios {rec['ratio_pairwise_median']:.2f}x). GEMM peak "
-                 f"in this run: " + ", ".join(f"{k} {v:.0f} GFLOP/s"
-                                              for k, v in rec["gemm_peaks"].items())
-                 + f"; model FLOPs/step {rec['step_flops'] / 1e12:.2f} TFLOP (padded batch)."
-                 "\n*model GFLOP/s = the reference computation's matmul FLOPs on the padded batch"
-                 " (direct convs) / step time: an effective rate, comparable between the sides."
-                 " fastcpu does fewer FLOPs (no padded rows in the FFT blocks, fast-FIR convs),"
-                 " so its figure can exceed the GEMM peak.")
+    for prec, r in rec["ratios"].items():
+        lines.append(f"\nfastcpu / PyTorch, {prec}: {r:.2f}x (ratio of medians; median of "
+                     f"per-pair ratios {rec['ratios_pairwise'][prec]:.2f}x)")
+    lines.append("fp32 GEMM peak in this run: " + ", ".join(
+        f"{k} {v:.0f} GFLOP/s" for k, v in rec["gemm_peaks"].items())
+        + f"; oneDNN ISA {rec.get('onednn_isa')}; model FLOPs/step "
+        f"{rec['step_flops'] / 1e12:.2f} TFLOP (padded batch)."
+        "\n*model GFLOP/s = the reference computation's matmul FLOPs on the padded batch"
+        " (direct convs) / step time: an effective rate, comparable between the sides."
+        " fastcpu does fewer FLOPs (no padded rows in the FFT blocks, fast-FIR convs),"
+        " so its figure can exceed the GEMM peak.")
     return "\n".join(lines)
 
 

@@ -249,6 +249,7 @@ class TrainConfig:
     divergence_ratio: float = 2.0           # warn when val loss > ratio x train loss; 0: off
     max_nonfinite: int = 5                  # non-finite steps in a row before stopping
     profile_steps: int = 0                  # profile N steps (after the first) -> table + trace
+    precision: str = "fp32"                 # GEMM operands: fp32 | bf16 (fp32 master weights)
 
     def validate(self, where="train"):
         _positive(self, where, "batch_size", "group_size", "total_step", "log_step", "val_step",
@@ -261,6 +262,8 @@ class TrainConfig:
                               f"{self.divergence_ratio}")
         if not self.output_dir:
             raise ConfigError(f"{where}.output_dir: must not be empty")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"{where}.precision: must be fp32 or bf16, got {self.precision!r}")
 
 
 @dataclass

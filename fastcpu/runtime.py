@@ -162,6 +162,7 @@ def info() -> dict:
         "kernel_threads": num_threads(),
         "threadpools": blas,
         "cython": cython_available(),
+        "gemm": __import__("fastcpu.kernels.gemm", fromlist=["info"]).info(),
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                          if os.environ.get(k)},
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: spinning)"),
@@ -181,6 +182,9 @@ def format_info(d: dict | None = None) -> str:
                      f"kernel={p['architecture']} threads={p['num_threads']}")
     lines.append(f"OMP_WAIT_POLICY={d['omp_wait_policy']}  "
                  f"OPENBLAS_THREAD_TIMEOUT={d['openblas_thread_timeout']}")
+    g = d.get("gemm", {})
+    lines.append(f"oneDNN {g.get('onednn')}" + (f" (isa {g['onednn_isa']}; bf16 {g['bf16']})"
+                                               if "onednn_isa" in g else ""))
     bad = {k: v for k, v in d["cython"].items() if v != "ok"}
     lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}"))
     if d["openblas_env"]:

@@ -59,6 +59,9 @@ FLAGS = {
     "--seed": ("train.seed", int, "seed for initialisation, dropout and data order"),
     "--profile-steps": ("train.profile_steps", int,
                         "profile N steps: per-op table + Chrome/Perfetto trace"),
+    "--precision": ("train.precision", str, "GEMM precision: fp32 or bf16 (bf16 operands, fp32 "
+                                            "accumulation and master weights; needs AVX512-BF16 "
+                                            "or AMX)"),
 }
 
 
@@ -304,6 +307,7 @@ class Trainer:
                 f"epoch-{epoch:04d}" if kind == "epoch" else kind)
         meta = {"kind": kind, "state": st, "config": to_dict(self.cfg),
                 "fastcpu_version": fastcpu.__version__, "threads": runtime.num_threads(),
+                "precision": self.cfg.train.precision,
                 "optimizer_step": self.opt.t, "saved_at": time.time()}
         if reason:
             meta["reason"] = reason
@@ -330,6 +334,9 @@ class Trainer:
         except (KeyError, ValueError) as e:
             raise UsageError(f"{path}: does not fit this model ({e})") from None
         self.restore_light(meta["state"])
+        if meta.get("precision", "fp32") != self.cfg.train.precision:
+            self.say(f"note: checkpoint was trained in {meta.get('precision', 'fp32')}, this run "
+                     f"uses {self.cfg.train.precision} (weights and moments are fp32 either way)")
         if meta.get("threads") != runtime.num_threads():
             self.say(f"note: checkpoint was written with {meta.get('threads')} threads, this "
                      f"run uses {runtime.num_threads()}: the continuation is correct but not "
@@ -765,11 +772,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
-    from fastcpu import runtime
+    from fastcpu import kernels, runtime
     from fastcpu.config import to_dict
+    from fastcpu.kernels import gemm
+    if cfg.train.precision == "bf16" and not gemm.bf16_status().startswith("ok"):
+        print(f"error: train.precision bf16: {gemm.bf16_status()}", file=sys.stderr)
+        return EXIT_USAGE
     run_dir = Path(cfg.train.output_dir) / cfg.name
     threads = cfg.train.threads or None
-    with runtime.threads(threads), runtime.keep_memory():
+    with runtime.threads(threads), runtime.keep_memory(), kernels.use(cfg.train.precision):
         from fastcpu.models import FastSpeech2
         if args.dry_run:
             from fastcpu.data import DataError
