@@ -20,10 +20,10 @@ or with ``FASTCPU_NO_DNNL=1``, fp32 works as before and ``bf16`` says why it is 
 bf16 needs a CPU with AVX512-BF16 or AMX: oneDNN would otherwise emulate it slowly, so
 ``require_bf16`` refuses instead.
 
-Rounding: with bf16 operands every product a_ik * b_kj carries a relative error up to 2^-8 (two
-roundings of 2^-9 each), summed in fp32; the error of an entry is bounded by
-2^-8 * sum_k |a_ik b_kj| (+ fp32 accumulation, K * 2^-24 * the same sum) — the tolerance the
-tests use.
+Rounding: bf16 keeps 8 significant bits, so rounding an operand costs a relative error up to
+u = 2^-8 and a product a_ik * b_kj of two rounded operands up to 2u + u^2 (the product itself is
+exact in fp32), summed in fp32; an entry's error is bounded by (2^-7 + 2^-16 + K * 2^-24) *
+sum_k |a_ik b_kj| — the tolerance the tests use.
 """
 from __future__ import annotations
 
@@ -147,10 +147,16 @@ def bf16_status() -> str:
             f"{isa}); bf16 would be emulated slowly — use precision fp32")
 
 
+_bf16_ok = []
+
+
 def require_bf16() -> None:
+    if _bf16_ok:
+        return
     s = bf16_status()
     if not s.startswith("ok"):
         raise GemmError(f"bf16 unavailable: {s}")
+    _bf16_ok.append(True)
 
 
 def info() -> dict:

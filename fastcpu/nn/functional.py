@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastcpu import kernels
+from fastcpu.kernels import gemm
 from fastcpu.autograd import Function, Tensor
 
 
@@ -15,11 +16,22 @@ def _k(name, backend=None):
     return kernels.get(name, backend or "auto")
 
 
+def _gemm_precision(ctx):
+    """Record the GEMM precision of a forward; its backward runs in the same one (the tape runs
+    backward after the forward's ``kernels.use`` context may have ended)."""
+    ctx.precision = gemm.current()
+
+
+def _as_forward(ctx):
+    return gemm.use(ctx.precision)
+
+
 class _Linear(Function):
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_b = b is not None
+        _gemm_precision(ctx)
         return _k("linear").forward(x, w, b)
 
     @staticmethod
@@ -27,7 +39,8 @@ class _Linear(Function):
         x, w = ctx.saved_tensors
         dw = ctx.grad_buffer(1)
         db = ctx.grad_buffer(2) if ctx.has_b else None
-        dx = _k("linear").backward(dy, x, w, ctx.dx_target(0), dw, db)
+        with _as_forward(ctx):
+            dx = _k("linear").backward(dy, x, w, ctx.dx_target(0), dw, db)
         return dx, dw, db
 
 
@@ -45,6 +58,7 @@ class _LinearCat(Function):
         ctx.save_for_backward(x, w)
         ctx.rows = np.cumsum([0] + [a.shape[0] for a in ws])
         ctx.has_b = b is not None
+        _gemm_precision(ctx)
         return _k("linear").forward(x, w, b)
 
     @staticmethod
@@ -52,7 +66,8 @@ class _LinearCat(Function):
         x, w = ctx.saved_tensors
         dw = np.zeros_like(w)
         db = np.zeros(w.shape[0], w.dtype) if ctx.has_b else None
-        dx = _k("linear").backward(dy, x, w, ctx.dx_target(0), dw, db)
+        with _as_forward(ctx):
+            dx = _k("linear").backward(dy, x, w, ctx.dx_target(0), dw, db)
         grads = []
         for i, (r0, r1) in enumerate(zip(ctx.rows[:-1], ctx.rows[1:])):
             g = ctx.grad_buffer(1 + 2 * i)
@@ -82,6 +97,7 @@ class _Conv1d(Function):
         ctx.save_for_backward(x, w)
         ctx.padding, ctx.backend, ctx.has_b = padding, backend, b is not None
         ctx.kw = {} if lengths is None else {"lengths": lengths}
+        _gemm_precision(ctx)
         return _k("conv1d", backend).forward(x, w, b, padding, **ctx.kw)
 
     @staticmethod
@@ -89,8 +105,9 @@ class _Conv1d(Function):
         x, w = ctx.saved_tensors
         dw = ctx.grad_buffer(1)
         db = ctx.grad_buffer(2) if ctx.has_b else None
-        dx = _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, ctx.dx_target(0), dw, db,
-                                                **ctx.kw)
+        with _as_forward(ctx):
+            dx = _k("conv1d", ctx.backend).backward(dy, x, w, ctx.padding, ctx.dx_target(0), dw,
+                                                    db, **ctx.kw)
         return dx, dw, db
 
 
@@ -103,6 +120,7 @@ def conv1d(x, w, b=None, padding=None, backend=None, lengths=None):
 class _FFN(Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, lengths):
+        _gemm_precision(ctx)
         y, h = _k("ffn").forward(x, w1, b1, w2, b2, lengths)
         ctx.save_for_backward(x, w1, w2, h)
         ctx.lengths, ctx.has_b = lengths, (b1 is not None, b2 is not None)
@@ -114,8 +132,9 @@ class _FFN(Function):
         dw1, dw2 = ctx.grad_buffer(1), ctx.grad_buffer(3)
         db1 = ctx.grad_buffer(2) if ctx.has_b[0] else None
         db2 = ctx.grad_buffer(4) if ctx.has_b[1] else None
-        dx = _k("ffn").backward(dy, x, w1, w2, h, ctx.lengths, ctx.dx_target(0), dw1, db1, dw2,
-                                db2)
+        with _as_forward(ctx):
+            dx = _k("ffn").backward(dy, x, w1, w2, h, ctx.lengths, ctx.dx_target(0), dw1, db1,
+                                    dw2, db2)
         return dx, dw1, db1, dw2, db2
 
 
