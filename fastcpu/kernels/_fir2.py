@@ -35,8 +35,8 @@ import numba as nb
 import numpy as np
 
 from fastcpu.kernels import gemm
-from fastcpu.kernels._common import (PJIT, colsum_nb, dx_row, masked_colsum_nb, scratch,
-                                     seq_offsets)
+from fastcpu.kernels._common import (PJIT, bf16_row, colsum_nb, dx_row, masked_colsum_nb,
+                                     scratch, seq_offsets)
 
 
 # ----------------------------------------------------------------------------- the plan (symbolic)
@@ -152,34 +152,54 @@ def _leaf_w_nb(w, ljk, ntap, wbase, wl):
                     dst[c] += src[c]
 
 
+@nb.njit(inline="always")
+def _leaf_tap(x, bi, m, j, L, stride, pad, dstart, doffs, l, dst):
+    # dst (Ci,) = sum_{delta in D_l} xp[stride*(m + j) + delta] of sequence bi (0 outside)
+    Ci = x.shape[2]
+    first = True
+    for e in range(dstart[l], dstart[l + 1]):
+        i = stride * (m + j) + doffs[e] - pad
+        if 0 <= i < L:
+            src = x[bi, i]
+            if first:
+                for c in range(Ci):
+                    dst[c] = src[c]
+                first = False
+            else:
+                for c in range(Ci):
+                    dst[c] += src[c]
+    if first:
+        for c in range(Ci):
+            dst[c] = 0
+
+
 @nb.njit(**PJIT)
 def _im2col_nb(x, lengths, off, stride, pad, ntap, dstart, doffs, cbase, cols):
     # leaf l, row r = (b, m): cols_l[r, j*Ci + c] = sum_{delta in D_l} xp[stride*(m + j) + delta]
     B, T, Ci = x.shape
     for r in nb.prange(off[B]):
         bi = np.searchsorted(off, r, side="right") - 1
-        m = r - off[bi]
-        L = lengths[bi]
         for l in range(ntap.shape[0]):
             nt = ntap[l]
             rowbase = cbase[l] + r * nt * Ci
             for j in range(nt):
-                dst = cols[rowbase + j * Ci: rowbase + (j + 1) * Ci]
-                first = True
-                for e in range(dstart[l], dstart[l + 1]):
-                    i = stride * (m + j) + doffs[e] - pad
-                    if 0 <= i < L:
-                        src = x[bi, i]
-                        if first:
-                            for c in range(Ci):
-                                dst[c] = src[c]
-                            first = False
-                        else:
-                            for c in range(Ci):
-                                dst[c] += src[c]
-                if first:
-                    for c in range(Ci):
-                        dst[c] = 0
+                _leaf_tap(x, bi, r - off[bi], j, lengths[bi], stride, pad, dstart, doffs, l,
+                          cols[rowbase + j * Ci: rowbase + (j + 1) * Ci])
+
+
+@nb.njit(**PJIT)
+def _im2col_bf16_nb(x, lengths, off, stride, pad, ntap, dstart, doffs, cbase, cols):
+    # the same columns, written as bf16 (uint16): each tap summed in fp32, then rounded once
+    B, T, Ci = x.shape
+    for r in nb.prange(off[B]):
+        bi = np.searchsorted(off, r, side="right") - 1
+        tmp = np.empty(Ci, np.float32)
+        for l in range(ntap.shape[0]):
+            nt = ntap[l]
+            rowbase = cbase[l] + r * nt * Ci
+            for j in range(nt):
+                _leaf_tap(x, bi, r - off[bi], j, lengths[bi], stride, pad, dstart, doffs, l, tmp)
+                bf16_row(tmp, cols[rowbase + j * Ci: rowbase + (j + 1) * Ci])
 
 
 @nb.njit(inline="always")
@@ -324,8 +344,14 @@ def _leaf_weights(w, pl, wbase):
 
 
 def _cols(x, L, off, pad, pl, cbase):
-    cols = scratch("fir.cols", (int(cbase[-1]),))
-    _im2col_nb(x, L, off, pl.stride, pad, pl.ntap, pl.dstart, pl.doffs, cbase, cols)
+    """The leaf columns, in the GEMMs' operand type: bf16 written directly under bf16 precision
+    (no fp32 copy and no separate conversion pass)."""
+    if gemm.current() == "bf16":
+        cols = scratch("fir.cols16", (int(cbase[-1]),), gemm.BF16)
+        _im2col_bf16_nb(x, L, off, pl.stride, pad, pl.ntap, pl.dstart, pl.doffs, cbase, cols)
+    else:
+        cols = scratch("fir.cols", (int(cbase[-1]),))
+        _im2col_nb(x, L, off, pl.stride, pad, pl.ntap, pl.dstart, pl.doffs, cbase, cols)
     return cols
 
 
@@ -391,6 +417,7 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
     _dz_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab, 0 if compact else T,
            dZ)
     cols = _cols(x, L, off, pad, pl, cbase)
+    dZ = gemm.operand(dZ.reshape(-1, Co)).reshape(dZ.shape)     # once for both GEMMs
     G = scratch("fir.g", (int(wbase[-1]),))
     for l in range(pl.nleaf):
         gemm.matmul(dZ[l].T, _views(cols, cbase, pl, N, Ci, l), _views(G, wbase, pl, N, Ci, l,
@@ -398,6 +425,8 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
     _dw_nb(G, pl.ljk, pl.ntap, wbase, dw)
     if dx is not None:
         wl = _leaf_weights(w, pl, wbase)
+        if cols.dtype != np.float32:              # bf16 columns: the fp32 gradients go apart
+            cols = scratch("fir.cols", (int(cbase[-1]),))
         for l in range(pl.nleaf):                 # the columns are consumed: reuse them
             c = _views(cols, cbase, pl, N, Ci, l)
             gemm.matmul(dZ[l], _views(wl, wbase, pl, N, Ci, l, Co), c)
