@@ -221,6 +221,28 @@ def test_ffn_in_bf16_against_the_fp32_reference():
         assert rel_fro(a, r) < NORM_TOL
 
 
+@bf16_only
+@pytest.mark.parametrize("skip", [True, False])
+def test_attention_in_bf16_against_the_fp32_reference(skip):
+    rng = np.random.default_rng(11)
+    B, T, H, D = 3, 70, 2, 128
+    L = np.array([70, 33, 0])
+    q, k, v, do = (_rand(rng, B, T, H, D) for _ in range(4))
+    ref, kk = kernels.get("attention", "reference"), kernels.get("attention", "auto")
+    o_r, lse_r = ref.forward(q, k, v, L, None, skip)
+    g_r = [np.zeros_like(q) for _ in range(3)]
+    ref.backward(do, q, k, v, o_r, lse_r, L, None, *g_r, skip)
+    with kernels.use("bf16"):
+        o, lse = kk.forward(q, k, v, L, None, skip)
+        g = [np.ones_like(q) for _ in range(3)]                  # accumulates into them
+        kk.backward(do, q, k, v, o, lse, L, None, *g, skip)
+    assert rel_fro(o, o_r) < NORM_TOL
+    fin = np.isfinite(lse_r)
+    assert (np.isfinite(lse) == fin).all() and np.abs(lse[fin] - lse_r[fin]).max() < 0.05
+    for a, r in zip(g, g_r):
+        assert rel_fro(a - 1, r) < NORM_TOL
+
+
 # ----------------------------------------------------------------------------- the whole model
 
 def _bn_param(n):

@@ -30,10 +30,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numba as nb
+from numba.extending import overload
 import numpy as np
 
 from fastcpu.kernels import _fir2, gemm
-from fastcpu.kernels._common import PJIT, dx_row, scratch
+from fastcpu.kernels._common import PJIT, bf16_row, dx_row, scratch
 from fastcpu.kernels._common import colsum_nb as _colsum_nb, seq_offsets as _offsets
 
 # auto = fir2: the Numba backend (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS), with
@@ -137,21 +138,43 @@ def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
 
 # ----------------------------------------------------------------------------- Numba
 
+@nb.njit(inline="always")
+def _copy_row(src, dst):
+    for c in range(dst.shape[0]):
+        dst[c] = src[c]
+
+
+def _put_row(src, dst):
+    """dst = src for a float32 row, or its bf16 rounding for a uint16 row (compile-time choice)."""
+
+
+@overload(_put_row, inline="always")
+def _put_row_ol(src, dst):
+    if dst.dtype == nb.types.uint16:
+        return lambda src, dst: bf16_row(src, dst)
+    return lambda src, dst: _copy_row(src, dst)
+
+
+@nb.njit(inline="always")
+def _im2col_row(x, bi, t, K, pad, cr):
+    # cr (K*Ci,) = x[bi, t + k - pad, :] for k < K (0 outside [0, T))
+    T, Ci = x.shape[1], x.shape[2]
+    for k in range(K):
+        s = t + k - pad
+        if 0 <= s < T:
+            _put_row(x[bi, s], cr[k * Ci:(k + 1) * Ci])
+        else:
+            for c in range(Ci):
+                cr[k * Ci + c] = 0
+
+
 @nb.njit(**PJIT)
 def _im2col_nb(x, K, pad, To, cols):
-    # cols[b*To + t, k*Ci + c] = x[b, t + k - pad, c] (0 outside); parallel over output rows
-    B, T, Ci = x.shape
-    for r in nb.prange(B * To):
+    # cols[b*To + t, k*Ci + c] = x[b, t + k - pad, c] (0 outside); parallel over output rows;
+    # cols float32, or uint16 for bf16 (each copied row rounded to nearest even)
+    for r in nb.prange(cols.shape[0]):
         bi = r // To
-        t = r - bi * To
-        for k in range(K):
-            s = t + k - pad
-            if 0 <= s < T:
-                for c in range(Ci):
-                    cols[r, k * Ci + c] = x[bi, s, c]
-            else:
-                for c in range(Ci):
-                    cols[r, k * Ci + c] = 0
+        _im2col_row(x, bi, r - bi * To, K, pad, cols[r])
 
 
 @nb.njit(**PJIT)
@@ -175,7 +198,8 @@ def _col2im_nb(dcols, K, pad, To, dx, acc):
 
 @nb.njit(**PJIT)
 def _im2col_rows_nb(x, lengths, offsets, K, pad, cols):
-    # compact cols: row offsets[b] + t (t < L_b) holds x[b, t + k - pad, :] for 0 <= t+k-pad < L_b
+    # compact cols: row offsets[b] + t (t < L_b) holds x[b, t + k - pad, :] for 0 <= t+k-pad < L_b;
+    # cols float32, or uint16 for bf16 (each copied row rounded to nearest even)
     B, T, Ci = x.shape
     for r in nb.prange(cols.shape[0]):
         bi = np.searchsorted(offsets, r, side="right") - 1
@@ -185,9 +209,7 @@ def _im2col_rows_nb(x, lengths, offsets, K, pad, cols):
         for k in range(K):
             s = t + k - pad
             if 0 <= s < L:
-                xr = x[bi, s]
-                for c in range(Ci):
-                    cr[k * Ci + c] = xr[c]
+                _put_row(x[bi, s], cr[k * Ci:(k + 1) * Ci])
             else:
                 for c in range(Ci):
                     cr[k * Ci + c] = 0
@@ -261,13 +283,20 @@ def _dw_scatter_nb(dwt, dw):
 
 
 def _cols_numba(x, K, pad, To):
+    """im2col columns in the GEMMs' operand type (written as bf16 directly under bf16)."""
     B, T, Ci = x.shape
     if K == 1 and pad == 0:
         return x.reshape(B * T, Ci)
-    cols = scratch("conv1d.cols", (B * To, K * Ci), x.dtype)
+    cols = _cols_buffer((B * To, K * Ci), x.dtype)
     if cols.size:
         _im2col_nb(x, K, pad, To, cols)
     return cols
+
+
+def _cols_buffer(shape, dtype):
+    if gemm.current() == "bf16":
+        return scratch("conv1d.cols16", shape, gemm.BF16)
+    return scratch("conv1d.cols", shape, dtype)
 
 
 def _wt(w):
@@ -280,7 +309,7 @@ def _rows_gemm(x, w, pad, L, off, yc):
     M = int(off[-1])
     if M:
         Co, Ci, K = w.shape
-        cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
+        cols = _cols_buffer((M, K * Ci), x.dtype)
         _im2col_rows_nb(x, L, off, K, pad, cols)
         gemm.matmul(cols, _wt(w).T, yc)
     return yc
@@ -319,7 +348,7 @@ def _backward_compact_direct(dyc, x, w, pad, dx, dw, db, L, off, acc):
     M = int(off[-1])
     if db is not None:
         _colsum_nb(dyc, db, max(1, min(64, M)))
-    cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
+    cols = _cols_buffer((M, K * Ci), x.dtype)
     _im2col_rows_nb(x, L, off, K, pad, cols)
     dyb = gemm.operand(dyc)                              # converted once for both GEMMs
     if K == 1:
@@ -327,6 +356,8 @@ def _backward_compact_direct(dyc, x, w, pad, dx, dw, db, L, off, acc):
     else:
         _dw_scatter_nb(gemm.matmul(dyb.T, cols), dw)
     if dx is not None:
+        if cols.dtype != np.float32:                      # bf16 columns: gradients go apart
+            cols = scratch("conv1d.cols", (M, K * Ci), x.dtype)
         dcols = gemm.matmul(dyb, _wt(w), cols)               # cols is consumed: reuse it
         _col2im_rows_nb(dcols, L, off, K, pad, dx, acc)
 
