@@ -200,3 +200,99 @@ def test_clip_adam(benchmark, impl):
                          max_norm=1.0)
     benchmark.extra_info["bytes"] = 32 * N_ADAM
     run(benchmark, step, rounds=10)
+
+
+# --------------------------------------------------------------------------- bf16 (oneDNN)
+# fastcpu under kernels.use("bf16") (bf16 GEMM operands on oneDNN, fp32 accumulation) against
+# PyTorch's bf16 autocast of the same ops, forward + backward.
+BF16_OK = __import__("fastcpu.kernels.gemm", fromlist=["x"]).bf16_status().startswith("ok")
+bf16_sides = pytest.mark.parametrize("impl", ["fastcpu", "torch"])
+needs_bf16 = pytest.mark.skipif(not BF16_OK, reason="no native bf16 on this CPU")
+
+
+def _bf16_run(benchmark, ours, theirs, rounds=7):
+    if ours is not None:
+        def step():
+            with kernels.use("bf16"):
+                ours()
+    else:
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = theirs[0]()
+            out.backward(theirs[1])
+    run(benchmark, step, rounds=rounds)
+
+
+@needs_bf16
+@pytest.mark.benchmark(group="bf16 conv1d")
+@pytest.mark.parametrize("shape", ["256-1024-k9", "1024-256-k1"])
+@bf16_sides
+def test_bf16_conv1d(benchmark, impl, shape):
+    Ci, Co, K = {"256-1024-k9": (256, 1024, 9), "1024-256-k1": (1024, 256, 1)}[shape]
+    benchmark.group = f"bf16 conv1d {shape} B16 T400"
+    x, dy = r32(B, T, Ci), r32(B, T, Co)
+    w, b = r32(Co, Ci, K, scale=0.02), r32(Co)
+    if impl == "torch":
+        conv = torch.nn.Conv1d(Ci, Co, K, padding=(K - 1) // 2)
+        tx = torch.tensor(x).transpose(1, 2).requires_grad_()
+        _bf16_run(benchmark, None, (lambda: conv(tx), torch.tensor(dy).transpose(1, 2)))
+        return
+    kk = kernels.get("conv1d")
+    _bf16_run(benchmark, lambda: (kk.forward(x, w, b), kk.backward(
+        dy, x, w, None, np.zeros_like(x), np.zeros_like(w), np.zeros_like(b))), None)
+
+
+@needs_bf16
+@pytest.mark.benchmark(group="bf16 ffn 256-1024-k9 relu 1024-256-k1 B16 T400 ragged")
+@bf16_sides
+def test_bf16_ffn(benchmark, impl):
+    Hd, K, L = 1024, 9, LENGTHS
+    valid = (np.arange(T)[None, :] < L[:, None])[..., None]
+    x, dy = r32(B, T, C) * valid, r32(B, T, C) * valid
+    w1, b1, w2, b2 = r32(Hd, C, K, scale=0.02), r32(Hd), r32(C, Hd, 1, scale=0.03), r32(C)
+    if impl == "torch":
+        c1, c2 = torch.nn.Conv1d(C, Hd, K, padding=(K - 1) // 2), torch.nn.Conv1d(Hd, C, 1)
+        tx = torch.tensor(x).transpose(1, 2).requires_grad_()
+        _bf16_run(benchmark, None, (lambda: c2(torch.relu(c1(tx))),
+                                    torch.tensor(dy).transpose(1, 2)))
+        return
+    kk = kernels.get("ffn")
+
+    def ours():
+        y, h = kk.forward(x, w1, b1, w2, b2, L)
+        kk.backward(dy, x, w1, w2, h, L, "new", *(np.zeros_like(a) for a in (w1, b1, w2, b2)))
+    _bf16_run(benchmark, ours, None)
+
+
+@needs_bf16
+@pytest.mark.benchmark(group="bf16 linear 256-768 B16 T400")
+@bf16_sides
+def test_bf16_linear(benchmark, impl):
+    x, dy, w, b = r32(B, T, C), r32(B, T, 3 * C), r32(3 * C, C, scale=0.05), r32(3 * C)
+    if impl == "torch":
+        lin = torch.nn.Linear(C, 3 * C)
+        tx = torch.tensor(x).requires_grad_()
+        _bf16_run(benchmark, None, (lambda: lin(tx), torch.tensor(dy)), rounds=20)
+        return
+    kk = kernels.get("linear")
+    _bf16_run(benchmark, lambda: (kk.forward(x, w, b), kk.backward(
+        dy, x, w, "new", np.zeros_like(w), np.zeros_like(b))), None, rounds=20)
+
+
+@needs_bf16
+@pytest.mark.benchmark(group="bf16 attention B16 H2 D128 T400 ragged")
+@bf16_sides
+def test_bf16_attention(benchmark, impl):
+    q, k, v, do = (r32(B, T, H, D) for _ in range(4))
+    if impl == "torch":
+        tq, tk, tv = (torch.tensor(a).transpose(1, 2).requires_grad_() for a in (q, k, v))
+        keep = (torch.arange(T)[None, :] < torch.tensor(LENGTHS)[:, None])[:, None, None, :]
+        _bf16_run(benchmark, None, (lambda: TF.scaled_dot_product_attention(
+            tq, tk, tv, attn_mask=keep), torch.tensor(do).transpose(1, 2)))
+        return
+    kk = kernels.get("attention")
+
+    def ours():
+        o, lse = kk.forward(q, k, v, LENGTHS)
+        kk.backward(do, q, k, v, o, lse, LENGTHS, None, *(np.zeros_like(q) for _ in range(3)))
+    _bf16_run(benchmark, ours, None)

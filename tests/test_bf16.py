@@ -210,7 +210,7 @@ def test_ffn_in_bf16_against_the_fp32_reference():
     assert rel_fro(y, y_r) < NORM_TOL
     valid = np.arange(T)[None, :] < L[:, None]
     h_dense = np.zeros((B, T, H), np.float32)
-    h_dense[valid] = h                                   # the compact rows, in sequence order
+    h_dense[valid] = gemm.to_float32(h)                  # the compact rows (bf16), in order
     assert rel_fro(h_dense, h_r) < NORM_TOL
     flipped = ((h_dense > 0) != (h_r > 0)).mean()
     assert 0 < flipped < 0.01                            # a few near-zero pre-activations

@@ -13,12 +13,15 @@ The Numba backend keeps the hidden activations compact (sum lengths rows): the K
 valid rows straight into that layout with bias and ReLU fused (``conv1d.forward_compact``, fast
 FIR where it pays), the 1x1 conv is then one GEMM without a gather, and backward never
 materialises the (B, T, H) hidden tensor — no scatter, gather or ReLU pass over padded rows.
+Under bf16 precision it keeps them as bf16 (the 1x1 conv's operand, converted once): half the
+memory of the largest activation saved for backward, and no second conversion for dW2.
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numba as nb
+from numba.extending import overload
 import numpy as np
 
 from fastcpu.kernels import conv1d, gemm
@@ -50,9 +53,20 @@ def backward_reference(dy, x, w1, w2, h, lengths, dx, dw1, db1, dw2, db2):
     return conv1d.backward_reference(dh, x, w1, None, dx, dw1, db1, L)
 
 
+def _positive(a):
+    """a > 0 for a float32, or for the bit pattern of a bf16 (uint16) value."""
+
+
+@overload(_positive, inline="always")
+def _positive_ol(a):
+    if a == nb.types.uint16:
+        return lambda a: a != 0 and a < 0x8000       # sign bit clear, not +0
+    return lambda a: a > 0
+
+
 @nb.njit(**PJIT)
 def _relu_grad_colsum_nb(dh, h, db, nchunk):
-    # dh *= (h > 0) in place; db += column sums of the result (fixed chunks)
+    # dh *= (h > 0) in place; db += column sums of the result (fixed chunks); h float32 or bf16
     M, H = dh.shape
     part = np.zeros((nchunk, H), dtype=np.float32)
     for ch in nb.prange(nchunk):
@@ -60,7 +74,7 @@ def _relu_grad_colsum_nb(dh, h, db, nchunk):
             g = dh[r]
             a = h[r]
             for o in range(H):
-                v = g[o] if a[o] > 0 else np.float32(0)
+                v = g[o] if _positive(a[o]) else np.float32(0)
                 g[o] = v
                 part[ch, o] += v
     for ch in range(nchunk):
@@ -73,6 +87,7 @@ def forward_numba(x, w1, b1, w2, b2, lengths):
     B, T = x.shape[:2]
     Co = w2.shape[0]
     h = conv1d.forward_compact(x, w1, b1, L, relu=True)           # (M, H)
+    h = gemm.operand(h)          # bf16: converted once, kept for backward at half the memory
     off = seq_offsets(L)
     yc = scratch("ffn.y", (h.shape[0], Co), x.dtype)
     if h.shape[0]:
