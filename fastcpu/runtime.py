@@ -184,7 +184,8 @@ def format_info(d: dict | None = None) -> str:
                  f"OPENBLAS_THREAD_TIMEOUT={d['openblas_thread_timeout']}")
     g = d.get("gemm", {})
     lines.append(f"oneDNN {g.get('onednn')}" + (f" (isa {g['onednn_isa']}; bf16 {g['bf16']})"
-                                               if "onednn_isa" in g else ""))
+                                               if "onednn_isa" in g else "")
+                 + f"; fp32 GEMMs on {g.get('fp32_engine')}")
     bad = {k: v for k, v in d["cython"].items() if v != "ok"}
     lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}"))
     if d["openblas_env"]:

@@ -119,13 +119,41 @@ def test_bf16_gemm_epilogues_accumulate_bias_relu():
     assert (np.abs(out - (start + 2 * (ar @ br))) <= 2 * tol + 1e-5).all()
 
 
-def test_fp32_gemm_is_numpys_matmul_bit_for_bit():
+@pytest.fixture
+def numpy_engine():
+    prev = gemm.fp32_engine()
+    gemm.set_fp32_engine("numpy")
+    yield
+    gemm.set_fp32_engine(prev)
+
+
+def test_fp32_gemm_on_numpy_is_numpys_matmul_bit_for_bit(numpy_engine):
     rng = np.random.default_rng(1)
     a, b = _layout(rng, 70, 33, 20, True, False)
     np.testing.assert_array_equal(gemm.matmul(a, b, precision="fp32"), a @ b)
     out = np.ones((70, 20), np.float32)
     gemm.matmul(a, b, out, accumulate=True, precision="fp32")
     np.testing.assert_array_equal(out, 1 + a @ b)
+
+
+@pytest.mark.skipif(not gemm.available(), reason="oneDNN unavailable")
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False)])
+def test_fp32_gemm_on_onednn_within_fp32_rounding(ta, tb):
+    rng = np.random.default_rng(2)
+    M, K, N = 300, 1153, 70
+    a, b = _layout(rng, M, K, N, ta, tb)
+    mag = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    bias = rng.standard_normal(N).astype(np.float32)
+    prev = gemm.fp32_engine()
+    gemm.set_fp32_engine("onednn")
+    try:
+        c = gemm.matmul(a, b, precision="fp32")
+        y = gemm.matmul(a, b, bias=bias, relu=True, precision="fp32")
+    finally:
+        gemm.set_fp32_engine(prev)
+    assert (np.abs(c - exact) <= K * 2.0 ** -24 * mag + 1e-30).all()
+    assert (np.abs(y - np.maximum(exact + bias, 0)) <= K * 2.0 ** -24 * mag + 1e-6).all()
 
 
 def test_use_refuses_unknown_precision_and_restores():

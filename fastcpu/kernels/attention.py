@@ -30,12 +30,15 @@ from types import SimpleNamespace
 import numba as nb
 import numpy as np
 
-from fastcpu.kernels._common import PJIT, bf16_row
+from fastcpu.kernels._common import PJIT
 
-# auto = "gemm": under fp32 that is the Cython tiles (`python -m pytest benchmarks/test_kernels.py
-# -k attention --benchmark-only`, 2 threads, OpenBLAS vars unset, 2026-11-22 — see README "Kernel
-# benchmarks"); under bf16 the whole-pair GEMMs on oneDNN (section "bf16 on oneDNN").
-AUTO = "gemm"
+# auto = "cython": `python -m pytest benchmarks/test_kernels.py -k attention --benchmark-only`
+# (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks". It stays fp32
+# under bf16 precision too: whole (batch, head) score GEMMs on oneDNN in bf16 (S = q k^T, fp32
+# softmax writing bf16 P, P v; five GEMMs in backward) measured 2x slower than these fp32 tiles
+# (B=16 T=400 ragged, fwd+bwd: 105.6 vs 52.7 ms, `-k attention` above, 2026-12-01): each pair's
+# GEMMs are too small to amortise a 2-thread oneDNN call, while the tiles run one pair per thread.
+AUTO = "cython"
 # Cython tiles: 64 x 64 measured best at both benchmark shapes (fwd+bwd, 2 threads, 2026-11-22:
 # B=16 T=714 66 ms vs 70 at 128x128; B=8 T=346 14.6 vs 19.0 ms).
 BQ = 64     # query rows per tile
@@ -297,135 +300,8 @@ def _cython():
     return SimpleNamespace(forward=forward, backward=backward)
 
 
-# ----------------------------------------------------------------------------- bf16 on oneDNN
-
-# Under bf16 precision (``kernels.use("bf16")``) the "gemm" backend computes each (batch, head)
-# pair's scores as whole GEMMs on oneDNN instead of tiles: S = q k^T (Tq x L, fp32 accumulators),
-# the softmax statistics in fp32 (Numba, one pass writing the probabilities as bf16 and the lse),
-# out = P v; backward recomputes S, then dP = dout v^T, dS = P * (dP - Di) * scale (fp32, written
-# as bf16) and the three gradient GEMMs accumulating into dv, dq, dk in place. The T x L matrices
-# live only for one pair at a time. Under fp32 it is the auto backend (Cython tiles).
-
-@nb.njit(**PJIT)
-def _softmax_bf16_nb(S, L, scale, P16, lse_row):
-    # P16[t, :L] = bf16(exp(scale * S[t] - lse[t])), lse[t] = log sum exp(scale * S[t, :L])
-    for t in nb.prange(S.shape[0]):
-        row = S[t]
-        mx = -np.inf
-        for c in range(L):
-            sc = row[c] * scale
-            row[c] = sc
-            if sc > mx:
-                mx = sc
-        sm = np.float32(0.0)
-        for c in range(L):
-            e = np.exp(row[c] - mx)
-            row[c] = e
-            sm += e
-        inv = np.float32(1.0) / sm
-        for c in range(L):
-            row[c] *= inv
-        bf16_row(row[:L], P16[t, :L])
-        lse_row[t] = mx + np.log(sm)
-
-
-@nb.njit(**PJIT)
-def _dscores_bf16_nb(S, dP, lse_row, Di_row, L, scale, P16, dS16):
-    # P = exp(scale * S - lse); dS = P * (dP - Di) * scale; both written as bf16
-    for t in nb.prange(S.shape[0]):
-        row, g = S[t], dP[t]
-        lt, dt = lse_row[t], Di_row[t]
-        for c in range(L):
-            pv = np.exp(row[c] * scale - lt)
-            row[c] = pv
-            g[c] = pv * (g[c] - dt) * scale
-        bf16_row(row[:L], P16[t, :L])
-        bf16_row(g[:L], dS16[t, :L])
-
-
-@nb.njit(**PJIT)
-def _rowdot_nb(dout, out, lengths, skipq, Di):
-    # Di[b, h, t] = dout[b, t, h] . out[b, t, h]
-    B, T, H, D = out.shape
-    for bt in nb.prange(B * T):
-        b = bt // T
-        t = bt - b * T
-        for h in range(H):
-            s = np.float32(0.0)
-            for d in range(D):
-                s += dout[b, t, h, d] * out[b, t, h, d]
-            Di[b, h, t] = s
-
-
-def _heads16(x, b, n):
-    """(n, H, D) rows of sequence b as bf16, layout (H, n, D) -> per-head 2-D views."""
-    from fastcpu.kernels import gemm
-    H, D = x.shape[2], x.shape[3]
-    return [gemm.operand(x[b, :n, h, :]) for h in range(H)]
-
-
-def forward_gemm(q, k, v, lengths, scale=None, skip_padded_queries=False):
-    from fastcpu.kernels import gemm
-    if gemm.current() == "fp32":
-        return _fast().forward(q, k, v, lengths, scale, skip_padded_queries)
-    lengths = _check(q, k, v, lengths)
-    B, T, H, D = q.shape
-    sc = np.float32(_scale(q, scale))
-    out = np.zeros(q.shape, np.float32)
-    lse = np.full((B, H, T), -np.inf, np.float32)
-    for b in range(B):
-        L = int(lengths[b])
-        if L == 0:
-            continue
-        Tq = L if skip_padded_queries else T
-        qs, ks, vs = _heads16(q, b, Tq), _heads16(k, b, L), _heads16(v, b, L)
-        for h in range(H):
-            S = gemm.matmul(qs[h], ks[h].T)                              # (Tq, L) fp32
-            P16 = np.empty((Tq, L), gemm.BF16)
-            _softmax_bf16_nb(S, L, sc, P16, lse[b, h])
-            gemm.matmul(P16, vs[h], out[b, :Tq, h, :])
-    return out, lse
-
-
-def backward_gemm(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv,
-                  skip_padded_queries=False):
-    from fastcpu.kernels import gemm
-    if gemm.current() == "fp32":
-        return _fast().backward(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv,
-                                skip_padded_queries)
-    lengths = _check(q, k, v, lengths)
-    B, T, H, D = q.shape
-    sc = np.float32(_scale(q, scale))
-    dout = np.ascontiguousarray(dout)
-    Di = np.zeros((B, H, T), np.float32)
-    if dout.size:
-        _rowdot_nb(dout, out, lengths, bool(skip_padded_queries), Di)
-    for b in range(B):
-        L = int(lengths[b])
-        if L == 0:
-            continue
-        Tq = L if skip_padded_queries else T
-        qs, ks, vs = _heads16(q, b, Tq), _heads16(k, b, L), _heads16(v, b, L)
-        dos = _heads16(dout, b, Tq)
-        for h in range(H):
-            S = gemm.matmul(qs[h], ks[h].T)                              # (Tq, L)
-            dP = gemm.matmul(dos[h], vs[h].T)
-            P16, dS16 = np.empty((Tq, L), gemm.BF16), np.empty((Tq, L), gemm.BF16)
-            _dscores_bf16_nb(S, dP, lse[b, h], Di[b, h], L, sc, P16, dS16)
-            gemm.matmul(P16.T, dos[h], dv[b, :L, h, :], accumulate=True)
-            gemm.matmul(dS16, ks[h], dq[b, :Tq, h, :], accumulate=True)
-            gemm.matmul(dS16.T, qs[h], dk[b, :L, h, :], accumulate=True)
-
-
-def _fast():
-    from fastcpu.kernels import _cybuild
-    return (_cython() if _cybuild.available("attention") else
-            SimpleNamespace(forward=forward_numba, backward=backward_numba))
-
-
 BACKENDS = {
     "reference": lambda: SimpleNamespace(forward=forward_reference, backward=backward_reference),
     "numba": lambda: SimpleNamespace(forward=forward_numba, backward=backward_numba),
     "cython": _cython,
-    "gemm": lambda: SimpleNamespace(forward=forward_gemm, backward=backward_gemm),
 }

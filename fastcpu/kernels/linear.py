@@ -6,9 +6,9 @@ Shapes: x (..., Ci), w (Co, Ci), b (Co,) or None, y (..., Co).
 
 ``dx="new"`` writes a fresh dx (one GEMM straight into it: no zero fill, no temporary) and
 returns it; ``dx=None`` skips it. The ``gemm`` backend (auto) runs the GEMMs through
-``fastcpu.kernels.gemm`` in the precision of ``kernels.use`` (fp32: the same NumPy calls as the
-reference; bf16: oneDNN with the bias fused into the forward GEMM, dy converted once for both
-backward GEMMs); the bias gradient's column sum runs in parallel (fixed row chunks).
+``fastcpu.kernels.gemm`` in the precision of ``kernels.use`` (oneDNN with the bias fused into
+the forward GEMM, dy converted once for both backward GEMMs under bf16; without oneDNN the
+reference's NumPy calls); the bias gradient's column sum runs in parallel (fixed row chunks).
 """
 from types import SimpleNamespace
 
@@ -51,14 +51,14 @@ def _check_dx(dx):
 
 
 def forward_gemm(x, w, b=None):
-    if gemm.current() == "fp32":
+    if gemm.current() == "fp32" and gemm.fp32_engine() == "numpy":
         return forward_reference(x, w, b)
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     return gemm.matmul(x2, w.T, bias=b).reshape(*x.shape[:-1], w.shape[0])
 
 
 def backward_gemm(dy, x, w, dx, dw, db):
-    if gemm.current() == "fp32":
+    if gemm.current() == "fp32" and gemm.fp32_engine() == "numpy":
         return backward_reference(dy, x, w, dx, dw, db)
     from fastcpu.kernels._common import colsum_nb
     _check_dx(dx)
