@@ -3,8 +3,7 @@
     python -m fastcpu.bench --batch 16 --phonemes 60-120 --threads 2
 
 Builds the LJSpeech-config model in fastcpu and the PyTorch implementation of the reference
-(``benchmarks/torch_reference.py``, so PyTorch and a source checkout are needed for this command
-only) with the same weights, makes a seeded synthetic batch of ragged lengths, and times full
+(``fastcpu.testing.torch_reference``, so PyTorch is needed for this command only) with the same weights, makes a seeded synthetic batch of ragged lengths, and times full
 training steps (forward, loss, backward, clip, Adam) alternating fastcpu / PyTorch after warm-up,
 both in training mode (dropout on) and pinned to the same thread count. Prints median step times
 with min-max, the ratio, the forward / backward / optimizer split, achieved GFLOP/s against the
@@ -95,14 +94,7 @@ def _import_reference():
     except ImportError:
         raise BenchError("python -m fastcpu.bench compares against PyTorch: pip install "
                          "torch==2.13.0 (or pip install -e '.[test]')") from None
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks.torch_reference import TorchFastSpeech2, torch_loss
-    except ImportError:
-        raise BenchError(f"the PyTorch reference model lives in the source checkout "
-                         f"({ROOT / 'benchmarks' / 'torch_reference.py'}); run from a clone"
-                         ) from None
+    from fastcpu.testing.torch_reference import TorchFastSpeech2, torch_loss
     return torch, TorchFastSpeech2, torch_loss
 
 
