@@ -3,8 +3,7 @@
     python -m fastcpu.bench --batch 16 --phonemes 60-120 --threads 2
 
 Builds the LJSpeech-config model in fastcpu and the PyTorch implementation of the reference
-(``benchmarks/torch_reference.py``, so PyTorch and a source checkout are needed for this command
-only) with the same weights, makes a seeded synthetic batch of ragged lengths, and times full
+(``fastcpu.testing.torch_reference``, so PyTorch is needed for this command only) with the same weights, makes a seeded synthetic batch of ragged lengths, and times full
 training steps (forward, loss, backward, clip, Adam) alternating fastcpu / PyTorch after warm-up,
 both in training mode (dropout on) and pinned to the same thread count. Prints median step times
 with min-max, the ratio, the forward / backward / optimizer split, achieved GFLOP/s against the
@@ -59,17 +58,18 @@ def make_batch(batch: int, phonemes: tuple, seed: int, frames_per_phoneme=(2, 11
     valid = np.arange(T)[None, :] < mel_lens[:, None]
     mels = np.where(valid[..., None], rng.normal(-5, 2, (batch, T, 80)), 0).astype(np.float32)
     pv = np.arange(Lm)[None, :] < L[:, None]
-    return dict(texts=texts, src_lens=L, mels=mels, mel_lens=mel_lens, max_mel_len=T,
-                pitches=np.where(pv, rng.normal(0, 1, (batch, Lm)), 0).astype(np.float32),
-                energies=np.where(pv, rng.normal(0, 1, (batch, Lm)), 0).astype(np.float32),
-                durations=d)
+    from fastcpu.data import Batch
+    return Batch([f"b{i}" for i in range(batch)], [""] * batch, np.zeros(batch, np.int64), texts,
+                 L, Lm, mels, mel_lens, T,
+                 np.where(pv, rng.normal(0, 1, (batch, Lm)), 0).astype(np.float32),
+                 np.where(pv, rng.normal(0, 1, (batch, Lm)), 0).astype(np.float32), d)
 
 
 def step_flops(cfg, batch) -> float:
     """Matmul FLOPs of one training step of the reference computation on the padded batch
     (forward x 3 for forward + backward): convs, linears and attention."""
-    B, L = batch["texts"].shape
-    T = batch["max_mel_len"]
+    B, L = batch.texts.shape
+    T = batch.max_mel_len
     H, F, (k0, k1) = cfg.encoder_hidden, cfg.conv_filter_size, cfg.conv_kernel_size
 
     def fft(n, rows):
@@ -95,14 +95,7 @@ def _import_reference():
     except ImportError:
         raise BenchError("python -m fastcpu.bench compares against PyTorch: pip install "
                          "torch==2.13.0 (or pip install -e '.[test]')") from None
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks.torch_reference import TorchFastSpeech2, torch_loss
-    except ImportError:
-        raise BenchError(f"the PyTorch reference model lives in the source checkout "
-                         f"({ROOT / 'benchmarks' / 'torch_reference.py'}); run from a clone"
-                         ) from None
+    from fastcpu.testing.torch_reference import TorchFastSpeech2, torch_loss
     return torch, TorchFastSpeech2, torch_loss
 
 
@@ -128,10 +121,8 @@ class FastcpuSide:
         b = self.b
         with kernels.use(self.precision):
             t0 = time.perf_counter()
-            out = self.model(np.zeros(len(b["src_lens"])), b["texts"], b["src_lens"], None,
-                             b["mels"], b["mel_lens"], b["max_mel_len"], b["pitches"],
-                             b["energies"], b["durations"])
-            losses = self.loss(out, b["mels"], b["pitches"], b["energies"], b["durations"])
+            out = self.model.forward_batch(b)
+            losses = self.loss(out, b.mels, b.pitches, b.energies, b.durations)
             t1 = time.perf_counter()
             losses["total"].backward()
             t2 = time.perf_counter()
@@ -162,7 +153,7 @@ class TorchSide:
         from fastcpu.optim import Schedule                 # the same lr schedule as fastcpu's
         self.schedule, self.t = Schedule(cfg.optimizer, cfg.model.encoder_hidden), 0
         self.b = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v
-                  for k, v in batch.items()}
+                  for k, v in vars(batch).items()}
 
     def state(self):
         return {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
@@ -174,7 +165,7 @@ class TorchSide:
                else contextlib.nullcontext())
         t0 = time.perf_counter()
         with amp:
-            out = self.model(b["texts"], b["src_lens"], b["mel_lens"], b["max_mel_len"],
+            out = self.model(b["texts"], b["text_lens"], b["mel_lens"], b["max_mel_len"],
                              b["pitches"], b["energies"], b["durations"])
             losses = self.loss(out, b["mels"], b["pitches"], b["energies"], b["durations"])
         t1 = time.perf_counter()
@@ -358,8 +349,8 @@ def _bench(args, cfg, batch) -> int:
     names = _sides_for(args.precision)
     if "fastcpu-bf16" in names and not gemm.bf16_status().startswith("ok"):
         raise BenchError(f"fastcpu bf16: {gemm.bf16_status()}")
-    real = int(batch["mel_lens"].sum())
-    padded = args.batch * batch["max_mel_len"]
+    real = batch.frames
+    padded = args.batch * batch.max_mel_len
     print(f"batch {args.batch}, phonemes {args.phonemes}: {real} real frames of {padded} "
           f"(max {batch['max_mel_len']}, padding {100 * (1 - real / padded):.0f}%), "
           f"{args.threads} threads, {args.steps} timed steps each after {args.warmup} warm-up"

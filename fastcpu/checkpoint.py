@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,97 @@ def peek_meta(path) -> dict:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(min(n, 1 << 24)))
     return json.loads(header["__metadata__"]["fastcpu"])
+
+
+# ----------------------------------------------------------------------------- training runs
+
+@dataclass
+class TrainState:
+    """The counters of a training run besides weights and moments: what a checkpoint records
+    so that a resumed run continues exactly (``to_meta``/``from_meta``: its JSON form)."""
+    step: int = 0                  # loop steps done (each consumes one accumulation window)
+    best_val: float = math.inf
+    bad_vals: int = 0              # validations since the best (early stopping)
+    nonfinite: int = 0             # non-finite steps in a row
+    pending_val: bool = False      # a validation was interrupted: redo it first on resume
+    train_avg: float | None = None     # running mean of the training loss (divergence check)
+    sampler: dict = field(default_factory=dict)
+    rng: dict = field(default_factory=dict)
+
+    def to_meta(self) -> dict:
+        d = asdict(self)
+        d["best_val"] = None if not math.isfinite(self.best_val) else self.best_val
+        return d
+
+    @classmethod
+    def from_meta(cls, d: dict) -> "TrainState":
+        return cls(step=int(d["step"]), best_val=math.inf if d["best_val"] is None
+                   else float(d["best_val"]), bad_vals=int(d["bad_vals"]),
+                   nonfinite=int(d["nonfinite"]), pending_val=bool(d["pending_val"]),
+                   train_avg=d["train_avg"], sampler=d["sampler"], rng=d["rng"])
+
+
+KINDS = ("step", "epoch", "best", "final", "interrupted", "emergency")
+
+
+def find(path) -> list:
+    """Checkpoint files under a run or checkpoint directory, newest (highest step) first;
+    unreadable ones last."""
+    path = Path(path)
+    d = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = []
+    for p in d.glob("*.safetensors"):
+        try:
+            found.append((int(peek_meta(p)["state"]["step"]), p.stat().st_mtime, p))
+        except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError, struct.error):
+            found.append((-1, p.stat().st_mtime, p))
+    return [p for _, _, p in sorted(found, reverse=True)]
+
+
+def resolve(target, log=print):
+    """-> (path, tensors, meta) to resume from: a file must be good; a directory falls back past
+    corrupted files to the newest good one. CheckpointError otherwise."""
+    p = Path(target)
+    if p.is_file():
+        t, m = load(p)
+        return p, t, m
+    if not p.is_dir():
+        raise CheckpointError(f"--resume-from {p}: no such file or directory")
+    cands = find(p)
+    for c in cands:
+        try:
+            t, m = load(c)
+            return c, t, m
+        except CheckpointError as e:
+            log(f"warning: skipping {e}")
+    raise CheckpointError(f"--resume-from {p}: no usable checkpoint ({len(cands)} file(s) "
+                          f"found, none loadable)")
+
+
+class Series:
+    """The checkpoints of one run directory: names by kind, retention of the periodic kinds."""
+
+    def __init__(self, run_dir, keep_last: int):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+
+    def path(self, kind: str, step: int, epoch=None) -> Path:
+        if kind not in KINDS:
+            raise ValueError(f"unknown checkpoint kind {kind!r}")
+        name = (f"step-{step:08d}" if kind == "step" else
+                f"epoch-{epoch:04d}" if kind == "epoch" else kind)
+        return self.dir / f"{name}.safetensors"
+
+    def save(self, kind: str, model, optimizer, meta: dict, epoch=None) -> Path:
+        path = save_training_state(self.path(kind, meta["state"]["step"], epoch), model,
+                                   optimizer, meta)
+        if kind in ("step", "epoch"):
+            self.retain(kind)
+        return path
+
+    def retain(self, kind: str) -> None:
+        if self.keep_last <= 0:
+            return
+        files = sorted(self.dir.glob(f"{kind}-*.safetensors"))
+        for p in files[:-self.keep_last]:
+            p.unlink()

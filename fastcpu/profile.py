@@ -131,3 +131,43 @@ def span(name: str, phase: str = "span"):
         yield
     finally:
         prof.add(name, phase, t0, time.perf_counter())
+
+
+class StepProfiler:
+    """Profile ``steps`` training steps, skipping the first step of the process (it compiles)::
+
+        sp = StepProfiler(3, on_done=lambda prof: ...)
+        for ...:
+            with sp.step():
+                train_step()
+        sp.close()           # on an early exit: stops a profile still running
+
+    ``on_done(profiler)`` is called once the last profiled step has finished.
+    """
+
+    def __init__(self, steps: int, on_done):
+        self.left, self.steps, self.on_done = steps, steps, on_done
+        self.seen = 0
+        self.prof = None
+
+    @contextlib.contextmanager
+    def step(self):
+        active = self.left > 0 and self.seen >= 1
+        if active:
+            if self.prof is None:
+                self.prof = Profiler().__enter__()
+            else:
+                self.prof.resume()
+        yield                          # (an exception propagates; close() ends the profile)
+        self.seen += 1
+        if active:
+            self.prof.pause()
+            self.left -= 1
+            if self.left == 0:
+                self.prof.__exit__(None, None, None)
+                self.on_done(self.prof)
+
+    def close(self) -> None:
+        if self.prof is not None and self.left > 0:
+            self.prof.__exit__(None, None, None)
+            self.left = 0

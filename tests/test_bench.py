@@ -10,12 +10,12 @@ from fastcpu.config import load_config
 
 def test_batch_is_seeded_ragged_and_consistent():
     a, b = bench.make_batch(16, (60, 120), 3), bench.make_batch(16, (60, 120), 3)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    assert ((a["src_lens"] >= 60) & (a["src_lens"] <= 120)).all()
-    np.testing.assert_array_equal(a["durations"].sum(1), a["mel_lens"])
-    assert a["mel_lens"].max() <= 1000 and len(set(a["src_lens"])) > 1
-    assert not bench.make_batch(16, (60, 120), 4)["texts"].tolist() == a["texts"].tolist()
+    for k in vars(a):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert ((a.text_lens >= 60) & (a.text_lens <= 120)).all()
+    np.testing.assert_array_equal(a.durations.sum(1), a.mel_lens)
+    assert a.mel_lens.max() <= 1000 and len(set(a.text_lens)) > 1
+    assert not bench.make_batch(16, (60, 120), 4).texts.tolist() == a.texts.tolist()
 
 
 def test_step_flops_of_the_ljspeech_model():
@@ -23,7 +23,7 @@ def test_step_flops_of_the_ljspeech_model():
     batch = bench.make_batch(16, (60, 120), 0)
     f = bench.step_flops(cfg, batch)
     # a conv's share alone: decoder FFN k=9 convs, 6 layers x 2*B*T*256*1024*9 x 3
-    conv9 = 6 * 2 * 16 * batch["max_mel_len"] * 256 * 1024 * 9 * 3
+    conv9 = 6 * 2 * 16 * batch.max_mel_len * 256 * 1024 * 9 * 3
     assert conv9 < f < 2.5 * conv9
 
 

@@ -294,7 +294,7 @@ def _torch_autocast_grad_errors(cfg, b, state):
                else contextlib.nullcontext())
         t = side.b
         with amp:
-            out = side.model(t["texts"], t["src_lens"], t["mel_lens"], t["max_mel_len"],
+            out = side.model(t["texts"], t["text_lens"], t["mel_lens"], t["max_mel_len"],
                              t["pitches"], t["energies"], t["durations"])
             loss = side.loss(out, t["mels"], t["pitches"], t["energies"], t["durations"])
         loss["total"].backward()
@@ -328,9 +328,8 @@ def test_full_size_model_bf16_against_fp32():
         init.set_state(rng_state)                       # the same dropout masks for both
         buf.zero_grad()
         with kernels.use(prec):
-            out = model(np.zeros(8), b["texts"], b["src_lens"], None, b["mels"], b["mel_lens"],
-                        b["max_mel_len"], b["pitches"], b["energies"], b["durations"])
-            losses = loss_fn(out, b["mels"], b["pitches"], b["energies"], b["durations"])
+            out = model.forward_batch(b)
+            losses = loss_fn(out, b.mels, b.pitches, b.energies, b.durations)
             losses["total"].backward()
         res[prec] = ({k: v.item() for k, v in losses.items()},
                      {n: p.grad.copy() for n, p in model.named_parameters()

@@ -45,9 +45,11 @@ def test_reads_the_layout_and_collates(tmp_path):
     c.validate()
     items = [c.load(i) for i in range(3)]
     b = collate(items)
-    assert b["texts"].shape == (3, b["max_text_len"]) and b["mels"].shape[2] == 80
-    np.testing.assert_array_equal(b["durations"].sum(1), b["mel_lens"])
-    assert b["texts"][2, len(items[2]["text"]):].sum() == 0           # zero padding
+    assert b.texts.shape == (3, b.max_text_len) and b.mels.shape[2] == 80 and len(b) == 3
+    np.testing.assert_array_equal(b.durations.sum(1), b.mel_lens)
+    assert b.texts[2, len(items[2]["text"]):].sum() == 0             # zero padding
+    one = b.one(2)
+    assert one.max_text_len == len(items[2]["text"]) and one.mels.shape[1] == one.frames
     assert items[0]["pitch"].dtype == np.float32 and items[0]["speaker"] == 0
 
 

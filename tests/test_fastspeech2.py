@@ -1,5 +1,5 @@
 """Layer 3/4 for the model: FastSpeech2 against a PyTorch implementation of the reference
-(tests/torch_reference.py) with the same weights — outputs, loss terms, every gradient, Adam
+(fastcpu/testing/torch_reference.py) with the same weights — outputs, loss terms, every gradient, Adam
 steps with the Noam schedule; state_dict and parameter count; dropout statistics; inference from
 phoneme ids; checkpoint conversion both ways."""
 import dataclasses
@@ -14,7 +14,7 @@ from fastcpu.config import ModelConfig, OptimizerConfig, load_config
 from fastcpu.models import FastSpeech2, FastSpeech2Loss
 from fastcpu.optim import Adam
 from tests.conftest import assert_close
-from benchmarks.torch_reference import TorchFastSpeech2, torch_loss
+from fastcpu.testing.torch_reference import TorchFastSpeech2, torch_loss
 
 NO_DROPOUT = dict(encoder_dropout=0.0, decoder_dropout=0.0, vp_dropout=0.0, postnet_dropout=0.0)
 SMALL = dict(encoder_layer=1, decoder_layer=2, encoder_hidden=32, decoder_hidden=32,

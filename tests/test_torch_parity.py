@@ -9,7 +9,7 @@ from fastcpu import kernels, nn
 from fastcpu.autograd import Tensor
 from fastcpu.kernels._common import drop_threshold, keep_mask_reference, seed_key
 from tests.conftest import assert_close
-from benchmarks.torch_reference import TorchMultiHeadAttention, key_padding_mask
+from fastcpu.testing.torch_reference import TorchMultiHeadAttention, key_padding_mask
 
 F32 = np.float32
 RED = 1e-4

@@ -185,9 +185,47 @@ class PreprocessedCorpus:
         return np.array([len(u.phones) for u in self.utts])
 
 
-def collate(items: list) -> dict:
-    """The reference's 12-field batch, zero-padded: ids, raw_texts, speakers, texts, text_lens,
-    max_text_len, mels, mel_lens, max_mel_len, pitches, energies, durations."""
+@dataclass
+class Batch:
+    """One zero-padded batch, the reference's 12-field tuple with names: ids, raw_texts, speakers
+    (B,), texts (B, L) phone ids, text_lens (B,), max_text_len, mels (B, T, 80), mel_lens (B,),
+    max_mel_len, pitches / energies (B, L) float32, durations (B, L) frames per phone."""
+    ids: list
+    raw_texts: list
+    speakers: np.ndarray
+    texts: np.ndarray
+    text_lens: np.ndarray
+    max_text_len: int
+    mels: np.ndarray
+    mel_lens: np.ndarray
+    max_mel_len: int
+    pitches: np.ndarray
+    energies: np.ndarray
+    durations: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.text_lens)
+
+    @property
+    def frames(self) -> int:
+        return int(self.mel_lens.sum())
+
+    @property
+    def phones(self) -> int:
+        return int(self.text_lens.sum())
+
+    def one(self, i: int = 0) -> "Batch":
+        """Utterance i alone, trimmed to its own lengths."""
+        n, t = int(self.text_lens[i]), int(self.mel_lens[i])
+        return Batch([self.ids[i]], [self.raw_texts[i]], self.speakers[i:i + 1],
+                     self.texts[i:i + 1, :n], self.text_lens[i:i + 1], n,
+                     self.mels[i:i + 1, :t], self.mel_lens[i:i + 1], t,
+                     self.pitches[i:i + 1, :n], self.energies[i:i + 1, :n],
+                     self.durations[i:i + 1, :n])
+
+
+def collate(items: list) -> Batch:
+    """Zero-padded ``Batch`` of loaded utterances (``PreprocessedCorpus.load``)."""
     B = len(items)
     text_lens = np.array([len(x["text"]) for x in items])
     mel_lens = np.array([x["mel"].shape[0] for x in items])
@@ -202,10 +240,9 @@ def collate(items: list) -> dict:
         texts[b, :n], durations[b, :n] = x["text"], x["duration"]
         pitches[b, :n], energies[b, :n] = x["pitch"], x["energy"]
         mels[b, :t] = x["mel"]
-    return {"ids": [x["id"] for x in items], "raw_texts": [x["raw_text"] for x in items],
-            "speakers": np.array([x["speaker"] for x in items], np.int64), "texts": texts,
-            "text_lens": text_lens, "max_text_len": L, "mels": mels, "mel_lens": mel_lens,
-            "max_mel_len": T, "pitches": pitches, "energies": energies, "durations": durations}
+    return Batch([x["id"] for x in items], [x["raw_text"] for x in items],
+                 np.array([x["speaker"] for x in items], np.int64), texts, text_lens, L, mels,
+                 mel_lens, T, pitches, energies, durations)
 
 
 class Batcher:
@@ -228,6 +265,27 @@ class Batcher:
         self.bs, self.gs, self.seed = batch_size, group_size, seed
         self.drop_last, self.shuffle = drop_last, shuffle
         self.epoch, self.pos = 0, 0
+        self._cache = {}
+
+    def _batches(self, epoch: int) -> list:
+        if epoch not in self._cache:
+            self._cache = {epoch: self.epoch_batches(epoch)}
+        return self._cache[epoch]
+
+    def next(self):
+        """The next sub-batch from the current position -> (indices, the epoch it completed, or
+        None). Advances the position (recorded by ``state_dict``)."""
+        batches = self._batches(self.epoch)
+        if self.pos >= len(batches):
+            self.epoch, self.pos = self.epoch + 1, 0
+            batches = self._batches(self.epoch)
+        idx = batches[self.pos]
+        self.pos += 1
+        return idx, (self.epoch if self.pos >= len(batches) else None)
+
+    def epochs_done(self) -> int:
+        """Epochs completely consumed."""
+        return self.epoch + (self.pos >= len(self._batches(self.epoch)))
 
     def epoch_batches(self, epoch: int) -> list:
         """The sub-batches (index arrays) of one epoch, in order."""

@@ -291,6 +291,11 @@ class FastSpeech2(Module):
         if c.multi_speaker:
             self.speaker_emb = Embedding(c.n_speakers, c.encoder_hidden)
 
+    def forward_batch(self, b) -> FastSpeech2Output:
+        """Teacher-forced forward of a ``fastcpu.data.Batch`` (targets from the batch)."""
+        return self(b.speakers, b.texts, b.text_lens, b.max_text_len, b.mels, b.mel_lens,
+                    b.max_mel_len, b.pitches, b.energies, b.durations)
+
     def forward(self, speakers, texts, src_lens, max_src_len=None, mels=None, mel_lens=None,
                 max_mel_len=None, p_targets=None, e_targets=None, d_targets=None, p_control=1.0,
                 e_control=1.0, d_control=1.0) -> FastSpeech2Output:

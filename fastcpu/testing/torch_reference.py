@@ -1,5 +1,7 @@
-"""PyTorch implementations of the reference (ming024/FastSpeech2) building blocks and model, written from
-../shared/reference/fastspeech2.md: the oracle of the parity tests and the PyTorch side of the benchmarks."""
+"""PyTorch implementations of the reference (ming024/FastSpeech2) building blocks and model,
+written from the reference's specification (architecture, state_dict names, loss; README
+"FastSpeech2"): the oracle of the parity tests and the PyTorch side of the benchmarks. Needs
+torch (the ``test`` extra); never imported by training code."""
 import torch
 from torch import nn
 

@@ -1,0 +1,184 @@
+"""What a training run tells: the console (banner, progress, messages), ``metrics.jsonl``,
+TensorBoard, validation samples and the profile files — one ``Reporter`` per run.
+
+The trainer decides *what* happened; this module decides how it reads. Nothing here changes
+training state.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import fastcpu
+from fastcpu.monitor import hms
+
+
+def gib(n) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 28 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def memory_plan(cfg, n_params: int, train) -> dict:
+    """Bytes for weights, gradients, Adam moments, and an estimate of the activations kept for
+    backward by the longest batch (saved tensors per frame / phoneme, float32)."""
+    m, B = cfg.model, cfg.train.batch_size
+    order = np.argsort(-train.frames)
+    T = int(train.frames[order[0]])
+    L = int(max(len(u.phones) for u in train.utts))
+    H, Fi = m.decoder_hidden, m.conv_filter_size
+    per_frame = (m.decoder_layer * (12 * H + 3 * Fi) + m.postnet_n_convolutions * 3 *
+                 m.postnet_embedding_dim + 6 * m.n_mel_channels + 2 * H)
+    per_phone = m.encoder_layer * (12 * H + 3 * Fi) + 3 * 4 * m.vp_filter_size + 4 * H
+    return {"weights": 4 * n_params, "grads": 4 * n_params, "adam": 8 * n_params,
+            "activations": 4 * B * (T * per_frame + L * per_phone), "max_frames": T,
+            "max_phones": L}
+
+
+def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> str:
+    from fastcpu import runtime
+    from fastcpu.data import Batcher
+    c, o = cfg.train, cfg.optimizer
+    spe = Batcher(len(train), train.text_lengths(), c.batch_size, c.group_size,
+                  c.seed).steps_per_epoch()
+    lines = [f"fastcpu {fastcpu.__version__} — FastSpeech2 training run {cfg.name!r} -> "
+             f"{run_dir}",
+             runtime.format_info(),
+             f"data: {root}  ({len(train)} train / {len(val)} val utterances, "
+             f"{int(train.frames.sum()) * 256 / 22050 / 3600:.2f} h)",
+             f"model: {n_params:,} trainable parameters; batch {c.batch_size} x accumulation "
+             f"{o.grad_acc_step}; {o.schedule} schedule, warm-up {o.warm_up_step}, clip "
+             f"{o.grad_clip_thresh}; precision {c.precision}",
+             f"plan: {c.total_step} steps"
+             + (f" or {c.num_epochs} epochs" if c.num_epochs else "")
+             + f" (~{spe // max(o.grad_acc_step, 1)} steps/epoch, ~"
+             f"{c.total_step / max(1, spe // max(o.grad_acc_step, 1)):.1f} epochs); validate "
+             f"every {c.val_step}, save every {c.save_step}",
+             f"memory: weights {gib(mem['weights'])} + grads {gib(mem['grads'])} + Adam "
+             f"{gib(mem['adam'])} + activations ~{gib(mem['activations'])} (estimated for "
+             f"the longest batch: {mem['max_phones']} phonemes / {mem['max_frames']} frames)"]
+    if resumed_from:
+        lines.append(f"resumed from {resumed_from}")
+    return "\n".join(lines)
+
+
+class Reporter:
+    """Console, metrics.jsonl, TensorBoard and samples of one run directory."""
+
+    def __init__(self, run_dir: Path, cfg, out=None):
+        self.run_dir, self.cfg = Path(run_dir), cfg
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.tb = None
+        self.t_start, self.steps_at_start = time.time(), 0
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def open(self, step: int) -> None:
+        from fastcpu import tensorboard
+        self.tb = tensorboard.SummaryWriter(self.run_dir / "tb")
+        self.t_start, self.steps_at_start = time.time(), step
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+    # -- text -------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        if self.tty:
+            self.out.write("\r\033[K")
+        print(text, file=self.out, flush=True)
+
+    def log_event(self, rec: dict) -> None:
+        rec = {"at": round(time.time(), 3), **rec}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # -- a training step --------------------------------------------------------------------
+    def step(self, rec: dict, step: int) -> None:
+        """metrics.jsonl always; TensorBoard and a console line every ``train.log_step``."""
+        c = self.cfg.train
+        self.log_event(rec)
+        logged = step % c.log_step == 0 or step == 1
+        if rec["event"] != "skip" and logged and self.tb:
+            self.tb.add_scalars("train", rec["loss"], step)
+            for k in ("lr", "grad_norm", "frames_per_s"):
+                self.tb.add_scalar(f"train/{k}", rec[k], step)
+            self.tb.flush()
+        self.progress(rec, step)
+
+    def progress(self, rec: dict, step: int) -> None:
+        c = self.cfg.train
+        if rec["event"] == "skip":
+            self.say(f"step {rec['step']}: skipped ({rec['reason']}, {rec['in_a_row']} in a "
+                     f"row)")
+            return
+        rate = (step - self.steps_at_start) / max(time.time() - self.t_start, 1e-9)
+        eta = (c.total_step - step) / rate if rate > 0 else float("inf")
+        lo = rec["loss"]
+        text = (f"step {step}/{c.total_step} ep {rec['epoch']} loss {lo['total']:.4f} "
+                f"(mel {lo['mel']:.3f} post {lo['postnet_mel']:.3f} d {lo['duration']:.3f} "
+                f"p {lo['pitch']:.3f} e {lo['energy']:.3f}) lr {rec['lr']:.2e} "
+                f"|g| {rec['grad_norm']:.2f} {rec['time']['step'] * 1e3:.0f} ms "
+                f"{rec['frames_per_s']:.0f} fr/s ETA {hms(eta)}")
+        if self.tty:
+            frac = step / c.total_step
+            bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+            self.out.write(f"\r\033[K[{bar}] {text}")
+            self.out.flush()
+            if step % c.log_step == 0:
+                self.out.write("\n")
+        elif step % c.log_step == 0 or step == 1:
+            print(text, file=self.out, flush=True)
+
+    # -- validation -------------------------------------------------------------------------
+    def validation(self, rec: dict, improved: bool) -> None:
+        if "warning" in rec:
+            self.say(f"warning: {rec['warning']}")
+        self.log_event(rec)
+        v = rec["loss"]
+        if self.tb:
+            self.tb.add_scalars("val", v, rec["step"])
+        self.say(f"validation @ step {rec['step']}: loss {v['total']:.4f} "
+                 f"(mel {v['mel']:.4f}, postnet {v['postnet_mel']:.4f}, "
+                 f"pitch {v['pitch']:.4f}, energy {v['energy']:.4f}, "
+                 f"duration {v['duration']:.4f}){'  *best*' if improved else ''}")
+
+    def sample(self, model, b, step: int) -> None:
+        """Mel image (target over prediction) and Griffin-Lim audio of the first utterance of a
+        validation batch, teacher-forced, to TensorBoard and samples/."""
+        from fastcpu import tensorboard
+        from fastcpu.autograd import no_grad
+        from fastcpu.data import features
+        one = b.one(0)
+        model.eval()
+        try:
+            with no_grad():
+                out = model.forward_batch(one)
+        finally:
+            model.train()
+        pred, target = out.postnet_mel.numpy()[0, :one.max_mel_len], one.mels[0]
+        img = tensorboard.mel_image(target, pred)
+        wav = features.griffin_lim(pred)
+        d = self.run_dir / "samples"
+        d.mkdir(exist_ok=True)
+        (d / f"step-{step:08d}-{one.ids[0]}.png").write_bytes(tensorboard.png(img))
+        (d / f"step-{step:08d}-{one.ids[0]}.wav").write_bytes(
+            tensorboard.wav_bytes(wav, features.SR))
+        if self.tb:
+            self.tb.add_image("val/mel_target_over_prediction", img, step)
+            self.tb.add_audio("val/griffin_lim", wav, features.SR, step)
+
+    # -- profile ----------------------------------------------------------------------------
+    def profile(self, prof, steps: int, step: int) -> None:
+        d = self.run_dir / "profile"
+        d.mkdir(exist_ok=True)
+        table = prof.table(steps)
+        (d / "table.txt").write_text(table + "\n")
+        prof.write_chrome_trace(d / "trace.json")
+        self.say(f"profile of {steps} step(s) (open {d / 'trace.json'} in ui.perfetto.dev):\n"
+                 + table)
+        self.log_event({"event": "profile", "step": step, "table": str(d / "table.txt"),
+                        "trace": str(d / "trace.json"), "sum_ops_s": sum(
+                            v[1] for v in prof.summary().values()), "wall_s": prof.wall})
