@@ -320,7 +320,6 @@ def main(argv=None) -> int:
               f"OPENBLAS_L2_SIZE python -m fastcpu.bench ...\nor pass --allow-openblas-env to "
               f"measure anyway.", file=sys.stderr)
         return 2
-    from fastcpu import runtime
     from fastcpu.config import ConfigError, load_config
     try:
         cfg = load_config(args.config)
@@ -352,7 +351,7 @@ def _bench(args, cfg, batch) -> int:
     real = batch.frames
     padded = args.batch * batch.max_mel_len
     print(f"batch {args.batch}, phonemes {args.phonemes}: {real} real frames of {padded} "
-          f"(max {batch['max_mel_len']}, padding {100 * (1 - real / padded):.0f}%), "
+          f"(max {batch.max_mel_len}, padding {100 * (1 - real / padded):.0f}%), "
           f"{args.threads} threads, {args.steps} timed steps each after {args.warmup} warm-up"
           + (f", contention: a {args.contention}-thread NumPy matmul process"
              if args.contention else ""), flush=True)

@@ -8,7 +8,7 @@ from fastcpu.config import ModelConfig, OptimizerConfig
 from fastcpu.convert import main as convert_main
 from fastcpu.models import FastSpeech2
 from fastcpu.optim import Adam
-from fastcpu.testing.torch_reference import TorchFastSpeech2, torch_loss
+from fastcpu.testing.torch_reference import TorchFastSpeech2
 from tests.test_fastspeech2 import SMALL, make_batch, run_theirs
 
 

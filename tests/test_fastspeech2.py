@@ -10,7 +10,7 @@ import torch
 
 from fastcpu import nn
 from fastcpu.autograd import no_grad
-from fastcpu.config import ModelConfig, OptimizerConfig, load_config
+from fastcpu.config import ModelConfig, load_config
 from fastcpu.models import FastSpeech2, FastSpeech2Loss
 from fastcpu.optim import Adam
 from tests.conftest import assert_close
