@@ -201,6 +201,13 @@ def info() -> dict:
 
 # ----------------------------------------------------------------------------- operands
 
+def _threads() -> int:
+    """The OpenMP threads for oneDNN: Numba's count, which ``runtime.threads`` sets (read from
+    Numba directly so that the kernels layer does not import the runtime that reports on it)."""
+    import numba
+    return numba.get_num_threads()
+
+
 def _empty_like_layout(x, dtype):
     """An empty array of x's shape whose memory order follows x's (row- or column-major)."""
     if x.ndim == 2 and x.strides[0] < x.strides[1] and not x.flags.c_contiguous:
@@ -215,11 +222,10 @@ def operand(x: np.ndarray, precision: str | None = None) -> np.ndarray:
         return x
     if x.dtype != np.float32:
         raise TypeError(f"gemm: bf16 operands come from float32 arrays, got {x.dtype}")
-    from fastcpu import runtime
     x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
     y = _empty_like_layout(x2, BF16)
     if y.size:
-        dnnl().to_bf16(x2, y, runtime.num_threads())
+        dnnl().to_bf16(x2, y, _threads())
     return y.reshape(x.shape) if x.ndim != 2 else y
 
 
@@ -248,11 +254,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *,
     precision = precision or current()
     if precision == "fp32" and fp32_engine() == "onednn" and a.dtype != BF16 and \
             b.dtype != BF16 and a.shape[0] and b.shape[1] and a.shape[1]:
-        from fastcpu import runtime
         if out is None:
             out = np.empty((a.shape[0], b.shape[1]), np.float32)
         dnnl().matmul(a, b, out, accumulate, None if bias is None else
-                      np.ascontiguousarray(bias, np.float32), relu, runtime.num_threads())
+                      np.ascontiguousarray(bias, np.float32), relu, _threads())
         return out
     if precision == "fp32":
         if a.dtype == BF16 or b.dtype == BF16:
@@ -270,7 +275,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *,
         return out
     if precision != "bf16":
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    from fastcpu import runtime
     mod = dnnl()
     if a.shape[0] == 0 or b.shape[-1] == 0 or a.shape[1] == 0:
         return matmul(to_float32(a), to_float32(b), out, accumulate=accumulate, bias=bias,
@@ -282,5 +286,5 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *,
         out = np.empty((a.shape[0], b.shape[1]), np.float32)
     if bias is not None:
         bias = np.ascontiguousarray(bias, np.float32)
-    mod.matmul(a, b, out, accumulate, bias, relu, runtime.num_threads())
+    mod.matmul(a, b, out, accumulate, bias, relu, _threads())
     return out
