@@ -11,7 +11,25 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import re
+
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats the YAML 1.2 way too: ``5e-5``, ``1E3`` (YAML 1.1,
+    PyYAML's schema, wants a dot in the mantissa and would read them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    """``yaml.safe_load`` with YAML 1.2 floats (see ``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -191,7 +209,7 @@ def load_yaml(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -205,7 +223,7 @@ def parse_override(text: str):
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
