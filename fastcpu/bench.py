@@ -1,14 +1,17 @@
 """Whole training steps of FastSpeech2, fastcpu against PyTorch eager on the same CPU, same run.
 
-    python -m fastcpu.bench --batch 16 --phonemes 60-120 --threads 2
+    python -m fastcpu.bench --batch 16 --phonemes 60-120 --threads 2 --precision both
 
 Builds the LJSpeech-config model in fastcpu and the PyTorch implementation of the reference
-(``fastcpu.testing.torch_reference``, so PyTorch is needed for this command only) with the same weights, makes a seeded synthetic batch of ragged lengths, and times full
-training steps (forward, loss, backward, clip, Adam) alternating fastcpu / PyTorch after warm-up,
-both in training mode (dropout on) and pinned to the same thread count. Prints median step times
-with min-max, the ratio, the forward / backward / optimizer split, achieved GFLOP/s against the
-GEMM peak measured in the same run, and each side's peak RSS (measured in separate child
-processes so the two do not mix).
+(``fastcpu.testing.torch_reference``, so PyTorch is needed for this command only) with the same
+weights, makes a seeded synthetic batch of ragged lengths, and times full training steps
+(forward, loss, backward, clip, Adam) with the sides alternating after warm-up, all in training
+mode (dropout on) and pinned to the same thread count: fastcpu fp32 against PyTorch fp32, and
+(``--precision bf16|both``) fastcpu bf16 on oneDNN against PyTorch's bf16 autocast. Prints median
+step times with min-max, the ratios, the forward / backward / optimizer split, achieved GFLOP/s
+against the fp32 GEMM peak measured in the same run, and each side's peak RSS (measured in
+separate child processes so the sides do not mix). ``--contention N`` runs a background N-thread
+NumPy matmul process during the timing.
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ status 2.
 
 Checkpoints (safetensors + JSON, atomic, checksummed): ``step-N`` every ``train.save_step``,
 ``epoch-N`` at each epoch end (the newest ``train.keep_last`` of those kinds are kept), ``best``,
-``final``, ``interrupted`` (Ctrl+C or SIGTERM: the current step finishes, the state is saved;
-a second signal stops at once) and ``emergency`` (an exception: the last good state is saved
-and the error re-raised). Each holds model, Adam moments, sampler position, RNG states,
+``final``, ``interrupted`` (Ctrl+C, SIGTERM or SIGHUP: the step finishes, the state is saved,
+exit 128 + N; a second signal stops at once) and ``emergency`` (an exception: one consistent
+state is saved and the error re-raised). Each holds model, Adam moments, sampler position, RNG states,
 counters and the resolved config, so ``--resume-from`` continues bit for bit (same threads).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import fastcpu
+from fastcpu.faults import Faults
 from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, UsageError, build_parser,  # noqa: F401
                              load_run_config, open_data, resolve_resume)
 
@@ -36,31 +37,14 @@ class NonFiniteStop(RuntimeError):
     pass
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class SecondSignal(BaseException):
+    """A second stop signal: leave at once (no checkpoint of a half-done step)."""
+
+
 # ---------------------------------------------------------------------------------- trainer
-
-
-class Faults:
-    """Test hooks (``--debug-fault``): ``nan@K[:M]`` poisons the mel loss weight of steps K..M,
-    ``exception@K`` raises after the last forward pass of step K."""
-
-    def __init__(self, text=None):
-        self.kind, self.a, self.b = None, 0, -1
-        if text:
-            kind, _, at = text.partition("@")
-            a, _, b = at.partition(":")
-            if kind not in ("nan", "exception") or not a.isdigit() or not (b or "0").isdigit():
-                raise UsageError(f"--debug-fault {text!r}: expected exception@K or nan@K[:M]")
-            self.kind, self.a = kind, int(a)
-            self.b = int(b or (a if kind == "exception" else 10 ** 9))
-
-    def weights(self, step_no: int, w: dict) -> dict:
-        if self.kind == "nan" and self.a <= step_no <= self.b:
-            w["mel"] = float("nan")
-        return w
-
-    def after_forward(self, step_no: int, last: bool) -> None:
-        if self.kind == "exception" and step_no == self.a and last:
-            raise RuntimeError(f"injected fault in step {step_no} (--debug-fault)")
 
 
 class Trainer:
@@ -288,31 +272,36 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
         if self.stop_signal is not None:          # a second signal: stop now
-            raise KeyboardInterrupt
+            raise SecondSignal(signal.Signals(signum).name)
         self.stop_signal = signal.Signals(signum).name      # no I/O in a signal handler
 
     def run(self) -> int:
+        """Train; -> exit status: 0 done, 128 + N after signal N (SIGINT 130, SIGTERM 143,
+        SIGHUP 129) with the state saved as ``interrupted``."""
         from fastcpu import profile
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT,
-                                                                   signal.SIGTERM)}
+        handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         self.report.open(self.step)
-        good = self.snapshot()
+        good, after = self.snapshot(), False
         prof = profile.StepProfiler(self.cfg.train.profile_steps, lambda p: self.report.profile(
             p, self.cfg.train.profile_steps, self.step))
         try:
             if self.state.pending_val:
                 self.run_validation("resumed")
             while self.stop_signal is None and not self._done():
-                good = self.snapshot()
+                good, after = self.snapshot(), False     # weights untouched until the update
                 with prof.step():
                     rec, epoch_end = self.train_step()
+                good, after = self.snapshot(), True      # the update and its counters together
                 self.report.step(rec, self.step)
                 if not self._after_step(rec, epoch_end):
                     break
             return self._finish()
+        except SecondSignal as e:
+            prof.close()
+            return self._stop_now(str(e))
         except BaseException as e:
             prof.close()
-            self._emergency(e, *good)
+            self._emergency(e, *good, after)
             raise
         finally:
             for s, h in handlers.items():
@@ -327,6 +316,7 @@ class Trainer:
     def _after_step(self, rec, epoch_end) -> bool:
         """Everything a finished step triggers; False to stop the loop."""
         c, st = self.cfg.train, self.state
+        self.faults.after_update(self.step)
         if rec["event"] == "skip" and st.nonfinite >= c.max_nonfinite:
             raise NonFiniteStop(f"{st.nonfinite} non-finite steps in a row "
                                 f"(train.max_nonfinite={c.max_nonfinite})")
@@ -355,7 +345,7 @@ class Trainer:
             path = self.save("interrupted", reason=self.stop_signal)
             say(f"interrupted by {self.stop_signal} at step {self.step}; saved {path}")
             log({"event": "end", "status": "interrupted", "step": self.step})
-            return 0
+            return 128 + signal.Signals[self.stop_signal].value
         if not self.state.pending_val and self.step > self.report.steps_at_start and \
                 self.last_val_step != self.step:
             self.run_validation("end")
@@ -364,20 +354,32 @@ class Trainer:
         log({"event": "end", "status": "done", "step": self.step})
         return 0
 
-    def _emergency(self, exc, good, good_buffers):
+    def _stop_now(self, name: str) -> int:
+        from fastcpu import checkpoint
+        newest = next(iter(checkpoint.find(self.run_dir)), None)
+        self.report.say(f"second {name}: stopped at once, nothing saved for the step under way; "
+                        f"newest checkpoint: {newest or 'none'}")
+        self.report.log_event({"event": "end", "status": "stopped", "signal": name,
+                               "step": self.step})
+        return 128 + signal.Signals[name].value
+
+    def _emergency(self, exc, good, good_buffers, after_update=False):
         say, log = self.report.say, self.report.log_event
         if self.in_update:
             say(f"error during the optimizer update: the weights may be half-updated, so no "
                 f"emergency checkpoint is written (the newest good one is in {self.ckpts.dir})")
             log({"event": "end", "status": "error", "error": repr(exc)})
             return
-        # everything but the weights/moments is rolled back to the start of the failed step;
-        # the weights and Adam state were not touched by it (no update happened)
+        # one consistent state: before the failed step (its update never happened: the counters
+        # and BatchNorm statistics are rolled back to its start), or after a step whose update
+        # was done (the failure came later: validation, a sample, a checkpoint, a log write)
         self.opt.zero_grad()
         self.model.load_state_dict(good_buffers, strict=False)
+        which = (f"the state after step {good.step} (the error came after its update)"
+                 if after_update else f"the last good state (step {good.step})")
         try:
             path = self.save("emergency", state=good, reason=repr(exc))
-            say(f"{type(exc).__name__}: saved the last good state (step {good.step}) to {path}")
+            say(f"{type(exc).__name__}: saved {which} to {path}")
         except Exception as e2:                      # never mask the original error
             say(f"could not write the emergency checkpoint: {e2!r}")
         log({"event": "end", "status": "error", "error": repr(exc), "step": good.step})

@@ -1,12 +1,16 @@
 """Runs a user can trust: each failure found by trying to break the trainer, reproduced with a
 real subprocess run on the bundled corpus (like tests/test_train.py), fixed and kept fixed."""
-import json
+import signal
+import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import yaml
 
-from tests.test_train import TINY, records, run_cli, tiny
+from fastcpu import checkpoint
+from tests.test_train import TINY, records, run_cli, tiny, train_losses
 
 
 # 3. floats in exponent form were refused (flags went through json.dumps -> PyYAML, whose
@@ -29,3 +33,70 @@ def test_floats_in_exponent_form_are_accepted(tmp_path, how):
     assert written["optimizer"]["lr"] == 5e-5
     start = records(tmp_path / "tiny", "start")[0]
     assert start["config"]["optimizer"]["lr"] == 5e-5
+
+
+# 1. an emergency checkpoint could mix two steps: a failure after the optimizer update
+#    (validation, a sample, a checkpoint or metrics write) saved step K's weights and moments
+#    with step K-1's counters, sampler and RNG, so a resume applied step K's batch twice
+def test_a_failure_after_the_update_saves_one_consistent_state(tmp_path):
+    base = run_cli(*tiny(tmp_path / "base"))
+    assert base.returncode == 0, base.stderr
+    out = tmp_path / "f"
+    r = run_cli(*tiny(out, "--debug-fault", "after-update@12"))
+    assert r.returncode == 1 and "injected fault after the update of step 12" in r.stderr
+    ck = out / "tiny" / "checkpoints" / "emergency.safetensors"
+    _, meta = checkpoint.load(ck)
+    assert meta["state"]["step"] == 12 and meta["optimizer_step"] == 12
+    assert f"saved the state after step 12 (the error came after its update) to {ck}" in r.stdout
+    r = run_cli(*tiny(out, "--resume-from", str(ck)))
+    assert r.returncode == 0, r.stderr
+    assert train_losses(out / "tiny") == train_losses(tmp_path / "base" / "tiny")
+    a, _ = checkpoint.load(tmp_path / "base" / "tiny" / "checkpoints" / "final.safetensors")
+    b, _ = checkpoint.load(out / "tiny" / "checkpoints" / "final.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _start(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "fastcpu.train",
+                             *tiny(out, "--debug-step-delay", "0.15", *extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(run, k, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").exists() and max(train_losses(run), default=0) >= k:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no step {k} in {timeout} s")
+
+
+# 8. SIGHUP was unhandled; Ctrl+C / SIGTERM exited 0 (read as success by shells and schedulers)
+def test_sighup_stops_like_sigterm_with_its_exit_status(tmp_path):
+    p = _start(tmp_path)
+    _wait_for_step(tmp_path / "tiny", 3)
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGHUP.value, err
+    _, meta = checkpoint.load(tmp_path / "tiny" / "checkpoints" / "interrupted.safetensors")
+    assert meta["reason"] == "SIGHUP" and "interrupted by SIGHUP" in out
+
+
+# 8. a second signal ended in a long KeyboardInterrupt traceback and still wrote a (possibly
+#    mixed) emergency checkpoint
+def test_a_second_signal_stops_at_once_with_one_line(tmp_path):
+    p = _start(tmp_path)
+    _wait_for_step(tmp_path / "tiny", 3)
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    t = time.time()
+    out, err = p.communicate(timeout=60)
+    assert time.time() - t < 1.0
+    assert p.returncode == 143
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    lines = [ln for ln in out.splitlines() if "second SIGTERM" in ln]
+    assert len(lines) == 1 and "nothing saved for the step under way" in lines[0]
+    assert not (tmp_path / "tiny" / "checkpoints" / "emergency.safetensors").exists()
+    end = records(tmp_path / "tiny", "end")[-1]
+    assert end["status"] == "stopped" and end["signal"] == "SIGTERM"
