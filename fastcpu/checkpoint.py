@@ -174,18 +174,42 @@ class TrainState:
 KINDS = ("step", "epoch", "best", "final", "interrupted", "emergency")
 
 
-def find(path) -> list:
+def find(path, log=None) -> list:
     """Checkpoint files under a run or checkpoint directory, newest (highest step) first;
-    unreadable ones last."""
+    files whose header cannot be read last (``log`` says so); what is not a file (a dangling
+    link, a directory) is passed over with a note."""
     path = Path(path)
     d = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = []
     for p in d.glob("*.safetensors"):
+        if not p.is_file():
+            if log:
+                log(f"note: {p} is not a checkpoint file (a dangling link?); passed over")
+            continue
         try:
             found.append((int(peek_meta(p)["state"]["step"]), p.stat().st_mtime, p))
         except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError, struct.error):
+            if log:
+                log(f"warning: {p}: header unreadable (corrupted?); tried last")
             found.append((-1, p.stat().st_mtime, p))
     return [p for _, _, p in sorted(found, reverse=True)]
+
+
+def remove_stale_temps(directory, log=None) -> int:
+    """Remove temp files that killed writers left behind (``.NAME.tmp-PID`` of a PID that no
+    longer runs); -> how many."""
+    n = 0
+    for p in Path(directory).glob(".*.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+    if n and log:
+        log(f"note: removed {n} temp file(s) of interrupted checkpoint writes in {directory}")
+    return n
 
 
 def resolve(target, log=print):
@@ -197,7 +221,7 @@ def resolve(target, log=print):
         return p, t, m
     if not p.is_dir():
         raise CheckpointError(f"--resume-from {p}: no such file or directory")
-    cands = find(p)
+    cands = find(p, log)
     for c in cands:
         try:
             t, m = load(c)

@@ -293,6 +293,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self):
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            raise ConfigError(f"name: {self.name!r} must be a plain directory name (no '/', "
+                              f"no '..'): the run lives in train.output_dir/<name>")
         self.model.validate()
         self.optimizer.validate()
         self.train.validate()

@@ -278,9 +278,10 @@ class Trainer:
     def run(self) -> int:
         """Train; -> exit status: 0 done, 128 + N after signal N (SIGINT 130, SIGTERM 143,
         SIGHUP 129) with the state saved as ``interrupted``."""
-        from fastcpu import profile
+        from fastcpu import checkpoint, profile
         handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         self.report.open(self.step)
+        checkpoint.remove_stale_temps(self.ckpts.dir, self.report.say)
         good, after = self.snapshot(), False
         prof = profile.StepProfiler(self.cfg.train.profile_steps, lambda p: self.report.profile(
             p, self.cfg.train.profile_steps, self.step))

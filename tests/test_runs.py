@@ -100,3 +100,40 @@ def test_a_second_signal_stops_at_once_with_one_line(tmp_path):
     assert not (tmp_path / "tiny" / "checkpoints" / "emergency.safetensors").exists()
     end = records(tmp_path / "tiny", "end")[-1]
     assert end["status"] == "stopped" and end["signal"] == "SIGTERM"
+
+
+# 8. smaller failures
+def test_run_name_cannot_leave_the_output_dir(tmp_path):
+    r = run_cli(*tiny(tmp_path / "out", "--name", "../../x", steps=1))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: name: '../../x' must be a plain directory name (no '/', no '..'): the run "
+        "lives in train.output_dir/<name>"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_stale_temp_files_dangling_links_and_corrupted_newest(tmp_path):
+    r = run_cli(*tiny(tmp_path, "--set", "train.save_step=5", steps=10))
+    assert r.returncode == 0, r.stderr
+    ck = tmp_path / "tiny" / "checkpoints"
+    dead = ck / ".step-00000099.safetensors.tmp-999999999"       # a killed writer's file
+    dead.write_bytes(b"partial")
+    (ck / "step-00000077.safetensors").symlink_to(ck / "gone.safetensors")
+    newest = ck / "step-00000010.safetensors"
+    blob = bytearray(newest.read_bytes())
+    blob[3] ^= 0xFF                                              # the header length
+    newest.write_bytes(bytes(blob))
+    r = run_cli(*tiny(tmp_path, "--resume-from", str(tmp_path / "tiny"), steps=12))
+    assert r.returncode == 0, r.stderr
+    assert "is not a checkpoint file (a dangling link?)" in r.stdout
+    assert f"warning: {newest}: header unreadable (corrupted?); tried last" in r.stdout
+    assert "removed 1 temp file(s) of interrupted checkpoint writes" in r.stdout
+    assert not dead.exists()
+    assert records(tmp_path / "tiny", "resume")[-1]["step"] == 10    # final.safetensors
+
+
+def test_preprocess_exits_2_on_bad_input(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fastcpu.preprocess", "--corpus",
+                        str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ")

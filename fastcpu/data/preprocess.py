@@ -167,9 +167,9 @@ def main(argv=None) -> int:
     try:
         s = preprocess(a.corpus, a.out, a.textgrids, a.speaker, a.val_size, a.seed,
                        a.workers, a.overwrite)
-    except DataError as e:
+    except DataError as e:                     # bad input: exit 2, as the trainer
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {a.out}: {s['utterances']} utterances ({s['hours']:.2f} h); "
           f"{len(s['skipped'])} skipped, {len(s['missing_textgrid'])} without a TextGrid")
     for base, why in s["skipped"][:20]:
