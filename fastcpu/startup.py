@@ -79,6 +79,12 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
         ap.add_argument(flag, type=tp, default=None, help=f"{hlp} [{key}]")
     ap.add_argument("--resume-from", metavar="FILE|DIR",
                     help="checkpoint file, or a run/checkpoint directory (newest good one)")
+    ap.add_argument("--resume", choices=["auto"],
+                    help="auto: continue the run already in OUTPUT_DIR/NAME from its newest "
+                         "good checkpoint (start it if there is none)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start afresh where a run already is (the old one is moved to "
+                         "NAME.old-<time>)")
     ap.add_argument("--dry-run", action="store_true",
                     help="validate config and data, print the plan, do not train")
     ap.add_argument("--debug-fault", help=argparse.SUPPRESS)      # tests: exception@K, nan@K[:M]
@@ -159,3 +165,117 @@ def open_data(cfg):
     if cfg.model.multi_speaker:
         cfg.model.n_speakers = max(cfg.model.n_speakers, len(train.speakers))
     return root, train, val
+
+
+# ------------------------------------------------------------------------------ run ownership
+
+LOCK = ".lock"
+
+
+class RunLock:
+    """One owner per run directory: ``<run>/.lock`` holds the owner's pid and host for the
+    life of the run. A lock of a process that no longer runs (same host) is taken over."""
+
+    def __init__(self, run_dir: Path, log=print):
+        self.path, self.log, self.held = Path(run_dir) / LOCK, log, False
+
+    def acquire(self) -> "RunLock":
+        import os
+        import socket
+        import time
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder and (holder.get("host") != me["host"] or _alive(holder.get("pid"))):
+                    raise UsageError(f"{self.path.parent} is in use by pid {holder.get('pid')} "
+                                     f"on {holder.get('host')} (lock {self.path}); stop that "
+                                     f"run or choose another --name") from None
+                self.log(f"note: taking over the stale lock of pid "
+                         f"{(holder or {}).get('pid', '?')} (no longer running) on "
+                         f"{self.path.parent}")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise UsageError(f"{self.path}: could not take the run lock")
+
+    def _holder(self):
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid) -> bool:
+    import os
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_run_dir(run_dir: Path, args, log=print):
+    """What to do with ``run_dir`` before anything is written there: -> the resume target
+    (``--resume auto`` with a checkpoint there), or None. A directory that already holds a run
+    is refused unless the command resumes it or ``--overwrite`` archives it."""
+    import time
+    from fastcpu import checkpoint
+    run_dir = Path(run_dir)
+    existing = run_dir.is_dir() and ((run_dir / "metrics.jsonl").exists() or
+                                     any((run_dir / "checkpoints").glob("*.safetensors")))
+    if not existing:
+        return None
+    if args.overwrite:
+        dest = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        dest.mkdir()
+        for p in run_dir.iterdir():                  # all but our own lock
+            if p.name != LOCK:
+                p.rename(dest / p.name)
+        log(f"note: --overwrite: the previous run in {run_dir} was moved to {dest}")
+        return None
+    resuming_here = args.resume_from and Path(args.resume_from).resolve().is_relative_to(
+        run_dir.resolve())
+    if args.resume == "auto" or resuming_here:
+        return None if resuming_here else str(run_dir)
+    newest = next((p for p in checkpoint.find(run_dir)), None)
+    what = "no checkpoint"
+    if newest is not None:
+        try:
+            step = checkpoint.peek_meta(newest)["state"]["step"]
+            what = f"newest checkpoint {newest} at step {step}"
+        except (OSError, ValueError, KeyError):
+            what = f"newest checkpoint {newest}"
+    raise UsageError(f"{run_dir} already holds a run ({what}); continue it with --resume auto, "
+                     f"or start afresh with --overwrite (the old run is moved aside)")
+
+
+def dry_run(cfg, root, train, val, run_dir, resume) -> int:
+    """``--dry-run``: every value of every utterance checked now, the plan printed."""
+    from fastcpu import reporting
+    from fastcpu.data import DataError
+    from fastcpu.models import FastSpeech2
+    try:
+        train.validate()
+        val.validate()
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    n_params = FastSpeech2(cfg.model).num_parameters(trainable_only=True)
+    print(reporting.banner(cfg, root, train, val, n_params, reporting.memory_plan(
+        cfg, n_params, train), run_dir, resume and resume[0]))
+    print(f"dry run: config and data are valid ({len(train) + len(val)} utterances checked); "
+          f"nothing trained")
+    return 0

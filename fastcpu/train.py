@@ -15,8 +15,10 @@ Checkpoints (safetensors + JSON, atomic, checksummed): ``step-N`` every ``train.
 ``epoch-N`` at each epoch end (the newest ``train.keep_last`` of those kinds are kept), ``best``,
 ``final``, ``interrupted`` (Ctrl+C, SIGTERM or SIGHUP: the step finishes, the state is saved,
 exit 128 + N; a second signal stops at once) and ``emergency`` (an exception: one consistent
-state is saved and the error re-raised). Each holds model, Adam moments, sampler position, RNG states,
-counters and the resolved config, so ``--resume-from`` continues bit for bit (same threads).
+state is saved and the error re-raised). Each holds model, Adam moments, sampler position, RNG
+states, counters and the resolved config, so ``--resume-from`` continues bit for bit (same
+threads). One run per directory: a lock names its owner, and starting where a run already is
+needs ``--resume auto`` or ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from pathlib import Path
 
 import fastcpu
 from fastcpu.faults import Faults
-from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, UsageError, build_parser,  # noqa: F401
-                             load_run_config, open_data, resolve_resume)
+from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, RunLock, UsageError,  # noqa: F401
+                             build_parser, claim_run_dir, dry_run, load_run_config, open_data,
+                             resolve_resume)
 
 
 class NonFiniteStop(RuntimeError):
@@ -388,50 +391,44 @@ class Trainer:
 
 def main(argv=None) -> int:
     args = build_parser(__doc__).parse_args(argv)
+    lock = None
     try:
         resume = resolve_resume(args.resume_from) if args.resume_from else None
         cfg = load_run_config(args, resume[2] if resume else None)
+        run_dir = Path(cfg.train.output_dir) / cfg.name
+        if not args.dry_run:                        # one owner, and no silent mixing of runs
+            lock = RunLock(run_dir).acquire()
+            target = claim_run_dir(run_dir, args)
+            if target and resume is None:
+                resume = resolve_resume(target)
+                cfg = load_run_config(args, resume[2])
         root, train, val = open_data(cfg)
         fault = Faults(args.debug_fault)
         if args.debug_step_delay < 0:
             raise UsageError("--debug-step-delay must be >= 0")
+        return _run(args, cfg, root, train, val, run_dir, resume, fault)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run(args, cfg, root, train, val, run_dir, resume, fault) -> int:
     from fastcpu import kernels, reporting, runtime
     from fastcpu.config import to_dict
     from fastcpu.kernels import gemm
     if cfg.train.precision == "bf16" and not gemm.bf16_status().startswith("ok"):
-        print(f"error: train.precision bf16: {gemm.bf16_status()}", file=sys.stderr)
-        return EXIT_USAGE
-    run_dir = Path(cfg.train.output_dir) / cfg.name
-    threads = cfg.train.threads or None
-    with runtime.threads(threads), runtime.keep_memory(), kernels.use(cfg.train.precision):
-        from fastcpu.models import FastSpeech2
+        raise UsageError(f"train.precision bf16: {gemm.bf16_status()}")
+    with runtime.threads(cfg.train.threads or None), runtime.keep_memory(), \
+            kernels.use(cfg.train.precision):
         if args.dry_run:
-            from fastcpu.data import DataError
-            try:                                   # every value of every utterance, now
-                train.validate()
-                val.validate()
-            except DataError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return EXIT_USAGE
-            n_params = FastSpeech2(cfg.model).num_parameters(trainable_only=True)
-            print(reporting.banner(cfg, root, train, val, n_params, reporting.memory_plan(
-                cfg, n_params, train), run_dir, resume and resume[0]))
-            print(f"dry run: config and data are valid ({len(train) + len(val)} utterances "
-                  f"checked); nothing trained")
-            return 0
-        run_dir.mkdir(parents=True, exist_ok=True)
+            return dry_run(cfg, root, train, val, run_dir, resume)
         import yaml
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        try:
-            tr = Trainer(cfg, root, train, val, run_dir, resume=resume, fault=fault,
-                         step_delay=args.debug_step_delay)
-        except UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USAGE
+        tr = Trainer(cfg, root, train, val, run_dir, resume=resume, fault=fault,
+                     step_delay=args.debug_step_delay)
         mem = reporting.memory_plan(cfg, len(tr.buffer), train)
         print(reporting.banner(cfg, root, train, val, len(tr.buffer), mem, run_dir,
                                resume and resume[0]), flush=True)

@@ -1,5 +1,6 @@
 """Runs a user can trust: each failure found by trying to break the trainer, reproduced with a
 real subprocess run on the bundled corpus (like tests/test_train.py), fixed and kept fixed."""
+import json
 import signal
 import subprocess
 import sys
@@ -137,3 +138,55 @@ def test_preprocess_exits_2_on_bad_input(tmp_path):
                         str(tmp_path / "none"), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: ")
+
+
+# 2. re-running into an existing run directory appended to its metrics, mixed checkpoints of
+#    both runs and let retention delete the new run's files; two trainers on one directory
+#    crashed each other
+def test_starting_where_a_run_already_is_needs_resume_or_overwrite(tmp_path):
+    assert run_cli(*tiny(tmp_path, steps=6)).returncode == 0
+    run = tmp_path / "tiny"
+    r = run_cli(*tiny(tmp_path, steps=6))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {run} already holds a run (newest checkpoint {run}/checkpoints/"
+        f"final.safetensors at step 6); continue it with --resume auto, or start afresh with "
+        f"--overwrite (the old run is moved aside)"]
+    assert len(records(run, "start")) == 1                    # nothing was written
+    r = run_cli(*tiny(tmp_path, "--resume", "auto", steps=9))
+    assert r.returncode == 0, r.stderr
+    assert records(run, "resume")[-1]["step"] == 6 and max(train_losses(run)) == 9
+    r = run_cli(*tiny(tmp_path, "--overwrite", steps=3))
+    assert r.returncode == 0, r.stderr
+    old = [p for p in tmp_path.iterdir() if p.name.startswith("tiny.old-")]
+    assert len(old) == 1 and max(train_losses(old[0])) == 9
+    assert len(records(run, "start")) == 1 and max(train_losses(run)) == 3
+    assert not (run / ".lock").exists()
+
+
+def test_resume_auto_starts_a_run_that_is_not_there(tmp_path):
+    r = run_cli(*tiny(tmp_path, "--resume", "auto", steps=2))
+    assert r.returncode == 0, r.stderr
+    assert not records(tmp_path / "tiny", "resume")
+
+
+def test_one_trainer_per_run_directory(tmp_path):
+    p = _start(tmp_path)
+    _wait_for_step(tmp_path / "tiny", 2)
+    r = run_cli(*tiny(tmp_path, "--resume", "auto"))
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'tiny'} is in use by pid {p.pid} on ")
+
+
+def test_a_stale_lock_is_taken_over_with_a_note(tmp_path):
+    run = tmp_path / "tiny"
+    run.mkdir()
+    import socket
+    (run / ".lock").write_text(json.dumps({"pid": 999999999, "host": socket.gethostname()}))
+    r = run_cli(*tiny(tmp_path, steps=2))
+    assert r.returncode == 0, r.stderr
+    assert "taking over the stale lock of pid 999999999" in r.stdout
+    assert not (run / ".lock").exists()
