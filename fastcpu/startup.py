@@ -184,6 +184,7 @@ class RunLock:
         import socket
         import time
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        self.created = not self.path.parent.exists()      # removed again if left empty
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -215,6 +216,8 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            if self.created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()          # a start-up error: leave nothing behind
 
 
 def _alive(pid) -> bool:

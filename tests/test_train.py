@@ -428,7 +428,7 @@ def test_signal_during_validation_saves_and_the_resumed_run_validates_first(tmp_
             tr.stop_signal = "SIGTERM"          # what the handler does
         return load(dataset, idx)
     tr.load_batch = load_and_signal
-    assert tr.run() == 0
+    assert tr.run() == 128 + signal.SIGTERM.value
     path, tensors, meta = resolve_resume(str(run))
     assert path.name == "interrupted.safetensors"
     assert meta["state"]["step"] == 3 and meta["state"]["pending_val"] is True
