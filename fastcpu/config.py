@@ -83,6 +83,20 @@ class ModelConfig:
         if len(self.conv_kernel_size) != 2:
             raise ConfigError(f"{where}.conv_kernel_size: expected two kernel sizes, got "
                               f"{self.conv_kernel_size}")
+        _numbers(self, where, "conv_kernel_size", int, 2)
+        _numbers(self, where, "pitch_range", float, 2)
+        _numbers(self, where, "energy_range", float, 2)
+        for k, v in (("conv_kernel_size", self.conv_kernel_size), ("vp_kernel_size",
+                                                                   [self.vp_kernel_size]),
+                     ("postnet_kernel_size", [self.postnet_kernel_size])):
+            if any(x < 1 or x % 2 == 0 for x in v):
+                raise ConfigError(f"{where}.{k}: kernel sizes must be odd and >= 1 (the "
+                                  f"reference pads (K-1)/2 each side to keep the length), got "
+                                  f"{getattr(self, k)}")
+        from fastcpu.data.symbols import N_VOCAB
+        if self.n_src_vocab < N_VOCAB:
+            raise ConfigError(f"{where}.n_src_vocab: must be >= {N_VOCAB} (the symbol table "
+                              f"and padding), got {self.n_src_vocab}")
         for k in ("pitch_feature", "energy_feature"):
             if getattr(self, k) != "phoneme_level":
                 raise ConfigError(f"{where}.{k}: only 'phoneme_level' (the LJSpeech config) is "
@@ -119,6 +133,8 @@ class OptimizerConfig:
     def validate(self, where="optimizer"):
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"{where}.lr: must be > 0, got {self.lr}")
+        _numbers(self, where, "betas", float, 2)
+        _numbers(self, where, "anneal_steps", int)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}.betas: expected two values in [0, 1), got {self.betas}")
         if not self.eps > 0:
@@ -134,6 +150,17 @@ class OptimizerConfig:
         if self.schedule not in ("noam", "exponential", "cosine", "constant"):
             raise ConfigError(f"{where}.schedule: expected noam | exponential | cosine | constant, "
                               f"got {self.schedule!r}")
+
+
+def _numbers(obj, where, name, tp, n=None):
+    """A list option whose items must be numbers of type ``tp`` (ints also pass as floats)."""
+    v = getattr(obj, name)
+    ok = all(not isinstance(x, bool) and isinstance(x, int if tp is int else (int, float))
+             for x in v)
+    if not ok or (n is not None and len(v) != n):
+        kind = "integers" if tp is int else "numbers"
+        raise ConfigError(f"{where}.{name}: expected {n or 'a list of'} {kind}, got {v!r}")
+    setattr(obj, name, [tp(x) for x in v])
 
 
 def _positive(obj, where, *names):
@@ -209,11 +236,16 @@ def load_yaml(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml_load(path.read_text())
+        data = yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__} (a config "
+                          f"is sections of key: value)")
     return data or {}
 
 
@@ -280,6 +312,13 @@ class TrainConfig:
                               f"{self.divergence_ratio}")
         if not self.output_dir:
             raise ConfigError(f"{where}.output_dir: must not be empty")
+        if self.seed < 0:
+            raise ConfigError(f"{where}.seed: must be >= 0, got {self.seed}")
+        import numba
+        limit = numba.config.NUMBA_NUM_THREADS
+        if self.threads > limit:
+            raise ConfigError(f"{where}.threads: {self.threads} asked but this process can use "
+                              f"{limit} (the machine's cores, or NUMBA_NUM_THREADS); 0 = all")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"{where}.precision: must be fp32 or bf16, got {self.precision!r}")
 

@@ -133,14 +133,60 @@ def load_run_config(args, resume_meta=None):
     overrides = _override_list(args)
     try:
         if resume_meta is not None:
-            data = resume_meta["config"]
+            data = json.loads(json.dumps(resume_meta["config"]))
             for text in overrides:
                 keys, value = parse_override(text)
                 apply_override(data, keys, value)
-            return from_dict(Config, data, "checkpoint config").validate()
+            cfg = from_dict(Config, data, "checkpoint config").validate()
+            _check_resume_changes(resume_meta, cfg)
+            if args.config is not None:
+                _same_as_file(cfg, load_config(config_path(args.config), overrides),
+                              args.config)
+            return cfg
         return load_config(config_path(args.config), overrides)
     except ConfigError as e:
         raise UsageError(str(e)) from None
+
+
+# values that define the data order: changing them on resume would reinterpret the saved
+# sampler position (utterances skipped or repeated) unless it sits at an epoch boundary
+SAMPLER_KEYS = (("train", "batch_size"), ("train", "group_size"),
+                ("optimizer", "grad_acc_step"))
+
+
+DATA_FILLED = {("model", "pitch_range"), ("model", "energy_range"), ("model", "n_speakers")}
+
+
+def _same_as_file(cfg, file_cfg, name):
+    """--config with --resume-from: fine when it says what the checkpoint's config says."""
+    from fastcpu.config import to_dict
+    a, b = to_dict(cfg), to_dict(file_cfg)
+    for sec in a:
+        items = a[sec].items() if isinstance(a[sec], dict) else [(None, a[sec])]
+        for key, v in items:
+            w = b[sec] if key is None else b[sec][key]
+            if v != w and (sec, key) not in DATA_FILLED:
+                where = sec if key is None else f"{sec}.{key}"
+                raise UsageError(f"--config {name}: {where} is {w!r} there but {v!r} in the "
+                                 f"checkpoint; a resumed run keeps its checkpoint's config "
+                                 f"(change values with --set or the flags)")
+
+
+def _check_resume_changes(meta, cfg):
+    old = meta["config"]
+    state = meta.get("state", {})
+    if cfg.train.seed != old["train"]["seed"]:
+        raise UsageError(f"train.seed: the checkpoint's run has seed {old['train']['seed']} "
+                         f"(its data order and RNG states follow from it); a resumed run keeps "
+                         f"it — start a new run for another seed")
+    at_boundary = state.get("sampler", {}).get("pos", 0) == 0
+    for sec, key in SAMPLER_KEYS:
+        was, now = old[sec][key], getattr(getattr(cfg, sec), key)
+        if was != now and not at_boundary:
+            raise UsageError(f"{sec}.{key}: {was} in the checkpoint, {now} asked; the saved "
+                             f"data position (epoch {state['sampler']['epoch']}, batch "
+                             f"{state['sampler']['pos']}) cannot be mapped to it mid-epoch — "
+                             f"resume with {was}, or from a checkpoint at an epoch end")
 
 
 def open_data(cfg):
@@ -151,6 +197,9 @@ def open_data(cfg):
         val = PreprocessedCorpus(root, cfg.data.val_file)
     except DataError as e:
         raise UsageError(str(e)) from None
+    if cfg.model.n_mel_channels != 80:
+        raise UsageError(f"model.n_mel_channels: {cfg.model.n_mel_channels}, but the corpus "
+                         f"{root} has 80-bin mels (the reference's features)")
     window = cfg.train.batch_size * cfg.optimizer.grad_acc_step
     if cfg.train.batch_size > len(train):
         raise UsageError(f"train.batch_size={cfg.train.batch_size} is larger than the "

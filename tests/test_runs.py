@@ -190,3 +190,66 @@ def test_a_stale_lock_is_taken_over_with_a_note(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "taking over the stale lock of pid 999999999" in r.stdout
     assert not (run / ".lock").exists()
+
+
+# 5. impossible values passed start-up and crashed later with tracebacks
+BAD_CONFIG = [
+    (["--set", "model.n_mel_channels=40"], "model.n_mel_channels: 40, but the corpus"),
+    (["--set", "model.conv_kernel_size=[8,1]"], "model.conv_kernel_size: kernel sizes must be odd"),
+    (["--set", "model.vp_kernel_size=0"], "model.vp_kernel_size: must be > 0"),
+    (["--set", "model.postnet_kernel_size=4"], "model.postnet_kernel_size: kernel sizes must be"),
+    (["--set", "model.n_src_vocab=100"], "model.n_src_vocab: must be >= 361"),
+    (["--set", "model.conv_kernel_size=[9,x]"], "model.conv_kernel_size: expected 2 integers"),
+    (["--set", "optimizer.betas=[0.9,x]"], "optimizer.betas: expected 2 numbers"),
+    (["--threads", "100000"], "train.threads: 100000 asked but this process can use"),
+    (["--seed", "-1"], "train.seed: must be >= 0"),
+    (["LIST"], "expected a mapping, got list"),
+    (["BYTES"], "not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("extra,expect", BAD_CONFIG, ids=[e for _, e in BAD_CONFIG])
+def test_impossible_values_stop_at_start_up(tmp_path, extra, expect):
+    args = tiny(tmp_path, steps=1)
+    if extra == ["LIST"]:
+        (tmp_path / "c.yaml").write_text("- 1\n- 2\n")
+        args[1], extra = str(tmp_path / "c.yaml"), []
+    elif extra == ["BYTES"]:
+        (tmp_path / "c.yaml").write_bytes(b"name: caf\xe9\n")
+        args[1], extra = str(tmp_path / "c.yaml"), []
+    r = run_cli(*args, *extra)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert expect in line and "Traceback" not in r.stderr
+    assert not (tmp_path / "tiny").exists()
+
+
+# 6. resuming with changed flags silently reinterpreted the sampler position, ignored
+#    --config, and gave a traceback for --seed
+@pytest.mark.parametrize("extra,expect", [
+    (["--batch-size", "8"], "train.batch_size: 4 in the checkpoint, 8 asked; the saved data "
+                            "position (epoch 0, batch 6) cannot be mapped"),
+    (["--accumulation-steps", "2"], "optimizer.grad_acc_step: 1 in the checkpoint, 2 asked"),
+    (["--set", "train.group_size=2"], "train.group_size: 4 in the checkpoint, 2 asked"),
+    (["--seed", "5"], "train.seed: the checkpoint's run has seed 1234"),
+    (["--config", "OTHER"], "model.decoder_layer is 2 there but 1 in the checkpoint; a "
+                            "resumed run keeps its checkpoint's config"),
+])
+def test_resume_refuses_changes_it_cannot_honour(tmp_path, extra, expect):
+    assert run_cli(*tiny(tmp_path, steps=6)).returncode == 0
+    args = tiny(tmp_path, "--resume-from", str(tmp_path / "tiny"), steps=9)
+    if extra == ["--config", "OTHER"]:           # tiny.yaml with one value changed
+        other = tmp_path / "other.yaml"
+        other.write_text(open(TINY).read().replace("decoder_layer: 1", "decoder_layer: 2"))
+        args[1], extra = str(other), []
+    r = run_cli(*args, *extra)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert expect in line, line
+
+
+def test_resume_with_the_same_config_file_is_fine(tmp_path):
+    assert run_cli(*tiny(tmp_path, steps=4)).returncode == 0
+    r = run_cli(*tiny(tmp_path, "--resume-from", str(tmp_path / "tiny"), steps=6))
+    assert r.returncode == 0, r.stderr
+    assert max(train_losses(tmp_path / "tiny")) == 6
