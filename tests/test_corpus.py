@@ -181,7 +181,7 @@ def test_preprocess_bad_input_is_one_error_and_no_output(tmp_path, built, what, 
     rc = preprocess_main(["--corpus", str(raw), "--out", str(out), "--workers", "1"] +
                          ([] if what == "too few" else ["--val-size", "2"]))
     err = capsys.readouterr().err
-    assert rc == 1 and expect in err, err
+    assert rc == 2 and expect in err, err             # bad input: 2, as the trainer
     assert err.count("\n") == 1
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 

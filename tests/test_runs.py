@@ -124,7 +124,8 @@ def test_stale_temp_files_dangling_links_and_corrupted_newest(tmp_path):
     blob = bytearray(newest.read_bytes())
     blob[3] ^= 0xFF                                              # the header length
     newest.write_bytes(bytes(blob))
-    r = run_cli(*tiny(tmp_path, "--resume-from", str(tmp_path / "tiny"), steps=12))
+    r = run_cli(*tiny(tmp_path, "--resume-from", str(tmp_path / "tiny"), "--set",
+                      "train.save_step=5", steps=12))
     assert r.returncode == 0, r.stderr
     assert "is not a checkpoint file (a dangling link?)" in r.stdout
     assert f"warning: {newest}: header unreadable (corrupted?); tried last" in r.stdout
