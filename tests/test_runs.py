@@ -254,3 +254,22 @@ def test_resume_with_the_same_config_file_is_fine(tmp_path):
     r = run_cli(*tiny(tmp_path, "--resume-from", str(tmp_path / "tiny"), steps=6))
     assert r.returncode == 0, r.stderr
     assert max(train_losses(tmp_path / "tiny")) == 6
+
+
+# 7. a process that JIT-compiled the Numba kernels computed other last bits than one that loaded
+#    them from the cache, so the first run after an install, interrupted and resumed, was not
+#    bit-identical (the parallel kernels' "reassoc" flag; see kernels/_common.py)
+@pytest.mark.slow
+def test_compiled_and_cached_kernels_give_the_same_bits(tmp_path):
+    import os
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}   # empty: compiles
+    runs = []
+    for i in (1, 2):                                                          # then loads
+        r = run_cli(*tiny(tmp_path / f"r{i}", steps=12), env=env)
+        assert r.returncode == 0, r.stderr
+        runs.append(tmp_path / f"r{i}" / "tiny")
+    assert any((tmp_path / "numba-cache").rglob("*.nbi"))
+    assert train_losses(runs[0]) == train_losses(runs[1])
+    a, _ = checkpoint.load(runs[0] / "checkpoints" / "final.safetensors")
+    b, _ = checkpoint.load(runs[1] / "checkpoints" / "final.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a if k.startswith("model/"))

@@ -10,7 +10,12 @@ import numpy as np
 # fastmath without nnan/ninf: those break -inf masking and NaN checks (DESIGN.md).
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy")
-PJIT = dict(JIT, parallel=True)
+# Parallel kernels without "reassoc": with it, a prange kernel freshly compiled and the same
+# kernel loaded from Numba's on-disk cache give different last bits (Numba 0.68: e.g.
+# batchnorm's backward dx; serial kernels and parallel ones without "reassoc" agree), so a run
+# started in the process that compiled the kernels would not resume bit for bit in a process
+# that loads them. tests/test_runs.py checks the two cache states against each other.
+PJIT = dict(JIT, parallel=True, fastmath=FASTMATH - {"reassoc"})
 
 # Counter-based RNG (splitmix64 finaliser of seed ⊕ counter): the random number of element i
 # depends on (seed, i) only, so a mask is the same for any thread count or backend.
