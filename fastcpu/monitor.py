@@ -17,27 +17,66 @@ from pathlib import Path
 
 
 def read_log(path: Path) -> list:
+    """The records of a metrics.jsonl as one history (``one_history``); lines that are not
+    JSON objects (a line being written right now, or damage) are passed over."""
     out = []
     try:
         with open(path) as f:
             for line in f:
                 try:
-                    out.append(json.loads(line))
-                except ValueError:              # a line being written right now
-                    pass
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("event"), str):
+                    out.append(rec)
     except FileNotFoundError:
         pass
+    return one_history(out)
+
+
+STEP_EVENTS = ("train", "skip", "val", "checkpoint")
+
+
+def one_history(records: list) -> list:
+    """Each run segment starts with a ``start`` record at the step it resumed from; records of
+    earlier segments past that step are superseded (a crash after the last checkpoint makes the
+    resumed run redo those steps), so readers see every step once, as finally trained."""
+    out = []
+    for r in records:
+        if r.get("event") == "start" and isinstance(r.get("step"), int):
+            out = [x for x in out if x.get("event") not in STEP_EVENTS or
+                   not isinstance(x.get("step"), int) or x["step"] <= r["step"]]
+        out.append(r)
     return out
 
 
+def _well_formed(r) -> bool:
+    try:
+        return (isinstance(r["step"], int) and isinstance(r["epoch"], int)
+                and all(isinstance(v, (int, float)) for v in r["loss"].values())
+                and isinstance(r["lr"], (int, float)) and isinstance(r["grad_norm"], (int, float))
+                and isinstance(r["time"]["step"], (int, float))
+                and isinstance(r["frames_per_s"], (int, float)))
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 def summarize(records: list, window: int = 50) -> dict:
-    start = [r for r in records if r.get("event") == "start"]
-    train = [r for r in records if r.get("event") == "train"]
+    start = [r for r in records if r.get("event") == "start"
+             and isinstance(r.get("total_step"), int)]
+    train = [r for r in records if r.get("event") == "train" and _well_formed(r)]
+    val = [r for r in records if r.get("event") == "val" and isinstance(r.get("step"), int)
+           and isinstance(r.get("best"), (int, float)) and isinstance(r.get("loss"), dict)
+           and isinstance(r["loss"].get("total"), (int, float))]
+    ckpts = [r for r in records if r.get("event") == "checkpoint" and
+             all(k in r for k in ("kind", "step", "path"))]
+    last_start = max((i for i, r in enumerate(records) if r.get("event") == "start"),
+                     default=-1)
+    end = next((r for r in reversed(records[last_start + 1:]) if r.get("event") == "end"
+                and isinstance(r.get("status"), str)), None)
     s = {"total_step": start[-1]["total_step"] if start else None, "step": 0,
          "skipped": sum(r.get("event") == "skip" for r in records),
-         "val": [r for r in records if r.get("event") == "val"][-3:],
-         "checkpoints": [r for r in records if r.get("event") == "checkpoint"][-4:],
-         "end": next((r for r in reversed(records) if r.get("event") == "end"), None)}
+         "val": val[-3:], "checkpoints": ckpts[-4:], "end": end}
     if not train:
         return s
     last = train[-1]

@@ -432,7 +432,7 @@ def _run(args, cfg, root, train, val, run_dir, resume, fault) -> int:
         mem = reporting.memory_plan(cfg, len(tr.buffer), train)
         print(reporting.banner(cfg, root, train, val, len(tr.buffer), mem, run_dir,
                                resume and resume[0]), flush=True)
-        tr.report.log_event({"event": "start", "step": tr.step,
+        tr.report.log_event({"event": "start", "step": tr.step,     # a new segment (monitor)
                              "total_step": cfg.train.total_step, "config": to_dict(cfg),
                              "runtime": runtime.info(), "memory": mem,
                              "resumed_from": str(resume[0]) if resume else None})

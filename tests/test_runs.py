@@ -273,3 +273,34 @@ def test_compiled_and_cached_kernels_give_the_same_bits(tmp_path):
     a, _ = checkpoint.load(runs[0] / "checkpoints" / "final.safetensors")
     b, _ = checkpoint.load(runs[1] / "checkpoints" / "final.safetensors")
     assert all(np.array_equal(a[k], b[k]) for k in a if k.startswith("model/"))
+
+
+# 8. steps after the newest checkpoint were logged twice after a crash and resume; the monitor
+#    crashed on a well-formed line of the wrong shape
+def test_after_a_kill_and_resume_readers_see_one_history(tmp_path):
+    from fastcpu import monitor
+    p = _start(tmp_path, "--set", "train.save_step=4")
+    run = tmp_path / "tiny"
+    _wait_for_step(run, 7)
+    p.kill()                                              # kill -9: no checkpoint at the end
+    p.communicate(timeout=60)
+    assert max(train_losses(run)) >= 7
+    r = run_cli(*tiny(tmp_path, "--resume", "auto", "--set", "train.save_step=4", steps=10))
+    assert r.returncode == 0, r.stderr
+    raw = [r for r in records(run, "train")]
+    assert len(raw) > 10                                  # steps 5.. were logged twice
+    steps = [r["step"] for r in monitor.read_log(run / "metrics.jsonl")
+             if r["event"] == "train"]
+    assert steps == list(range(1, 11))
+
+
+def test_the_monitor_survives_malformed_lines(tmp_path):
+    assert run_cli(*tiny(tmp_path, steps=3)).returncode == 0
+    log = tmp_path / "tiny" / "metrics.jsonl"
+    with open(log, "a") as f:
+        f.write('{"event": "train", "step": 4}\n[1, 2]\n"text"\n{"event": 5}\n{"no": "event"}\n'
+                '{"event": "val", "step": "x", "loss": 3}\n{"event": "checkpoint"}\n{broken\n')
+    r = subprocess.run([sys.executable, "-m", "fastcpu.monitor", str(tmp_path / "tiny"),
+                        "--once"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "step 3/3" in r.stdout and "run ended: done at step 3" in r.stdout
