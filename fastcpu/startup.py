@@ -234,9 +234,9 @@ class RunLock:
         import time
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         self.created = not self.path.parent.exists()      # removed again if left empty
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
@@ -249,6 +249,9 @@ class RunLock:
                          f"{self.path.parent}")
                 self.path.unlink(missing_ok=True)
                 continue
+            except OSError as e:
+                raise UsageError(f"{self.path.parent}: cannot create the run directory "
+                                 f"({e.strerror or e})") from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True

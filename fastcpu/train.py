@@ -306,6 +306,9 @@ class Trainer:
         except BaseException as e:
             prof.close()
             self._emergency(e, *good, after)
+            if isinstance(e, OSError):               # a full disk, a vanished directory, ...
+                print(f"error: {e.filename or self.run_dir}: {e.strerror or e}", file=sys.stderr)
+                return 1
             raise
         finally:
             for s, h in handlers.items():

@@ -304,3 +304,24 @@ def test_the_monitor_survives_malformed_lines(tmp_path):
                         "--once"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "step 3/3" in r.stdout and "run ended: done at step 3" in r.stdout
+
+
+# 8. a full disk or an unwritable output directory was a traceback
+def test_an_unwritable_output_dir_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = run_cli(*tiny(tmp_path / "file" / "runs", steps=1))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/file/runs/tiny: cannot create the run directory (Not a directory)"]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
+    run = tmp_path / "tiny"
+    run.mkdir()
+    (run / "checkpoints").write_text("in the way")          # every checkpoint write fails
+    r = run_cli(*tiny(tmp_path, "--set", "train.save_step=2", steps=4))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "checkpoints" in line
+    assert max(train_losses(run)) == 2                       # it stopped at the failed write
