@@ -300,6 +300,9 @@ class TrainConfig:
     max_nonfinite: int = 5                  # non-finite steps in a row before stopping
     profile_steps: int = 0                  # profile N steps (after the first) -> table + trace
     precision: str = "fp32"                 # GEMM operands: fp32 | bf16 (fp32 master weights)
+    init_from: str = ""                     # fine-tune: weights from this checkpoint, run fresh
+    reinit: list = field(default_factory=list)   # module names kept freshly initialised
+    freeze: list = field(default_factory=list)   # module names not trained
 
     def validate(self, where="train"):
         _positive(self, where, "batch_size", "group_size", "total_step", "log_step", "val_step",
@@ -319,6 +322,10 @@ class TrainConfig:
         if self.threads > limit:
             raise ConfigError(f"{where}.threads: {self.threads} asked but this process can use "
                               f"{limit} (the machine's cores, or NUMBA_NUM_THREADS); 0 = all")
+        for k in ("reinit", "freeze"):
+            v = getattr(self, k)
+            if not all(isinstance(x, str) and x for x in v):
+                raise ConfigError(f"{where}.{k}: expected a list of module names, got {v!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"{where}.precision: must be fp32 or bf16, got {self.precision!r}")
 

@@ -32,6 +32,15 @@ FLAGS = {
     "--seed": ("train.seed", int, "seed for initialisation, dropout and data order"),
     "--profile-steps": ("train.profile_steps", int,
                         "profile N steps: per-op table + Chrome/Perfetto trace"),
+    "--init-from": ("train.init_from", str, "fine-tune: start a new run from the weights of this "
+                                             "checkpoint (fastcpu, weights-only or converted "
+                                             "reference file); optimizer, schedule and data "
+                                             "order start fresh"),
+    "--reinit": ("train.reinit", lambda s: [x for x in s.split(",") if x],
+                 "with --init-from: module names (comma-separated, e.g. speaker_emb) kept "
+                 "freshly initialised"),
+    "--freeze": ("train.freeze", lambda s: [x for x in s.split(",") if x],
+                 "module names (comma-separated, e.g. encoder) whose parameters are not trained"),
     "--precision": ("train.precision", str, "GEMM precision: fp32 or bf16 (bf16 operands, fp32 "
                                             "accumulation and master weights; needs AVX512-BF16 "
                                             "or AMX)"),
@@ -334,3 +343,75 @@ def dry_run(cfg, root, train, val, run_dir, resume) -> int:
     print(f"dry run: config and data are valid ({len(train) + len(val)} utterances checked); "
           f"nothing trained")
     return 0
+
+
+def fine_tune(model, c, fresh: bool, log=print) -> None:
+    """``train.init_from`` (a fresh run only: a resumed one has its own weights),
+    ``train.reinit`` and ``train.freeze`` applied to a newly built model."""
+    for what in ("reinit", "freeze"):
+        check_module_names(model, getattr(c, what), what)
+    if c.init_from and fresh:
+        init_weights(model, c.init_from, c.reinit, log)
+    freeze(model, c.freeze)
+
+
+def init_weights(model, path, reinit=(), log=print) -> int:
+    """``--init-from``: copy the weights of checkpoint ``path`` into ``model`` (fresh otherwise),
+    except the modules named in ``reinit``; every other key must be there with its shape.
+    -> the number of tensors copied."""
+    from fastcpu import checkpoint
+    try:
+        tensors, _ = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        tensors = _plain_safetensors(path)          # a weights-only file of another tool
+        if tensors is None:
+            raise UsageError(f"--init-from: {e}") from None
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")} or tensors
+    mine = model.state_dict()
+    keep = [k for k in mine if _under(k, reinit)]
+    missing = [k for k in mine if k not in weights and k not in keep]
+    shapes = [f"{k} {tuple(weights[k].shape)} (this model {tuple(mine[k].shape)})"
+              for k in mine if k in weights and k not in keep
+              and tuple(weights[k].shape) != mine[k].shape]
+    extra = [k for k in weights if k not in mine]
+    if missing or shapes or extra:
+        what = "; ".join(x for x in (
+            f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "")
+            if missing else "", f"other shapes: {', '.join(shapes[:3])}" if shapes else "",
+            f"not in this model: {', '.join(extra[:4])}" if extra else "") if x)
+        raise UsageError(f"--init-from {path}: does not fit this model ({what}); name modules to "
+                         f"start afresh with --reinit")
+    model.load_state_dict({k: v for k, v in weights.items() if k not in keep}, strict=False)
+    if keep:
+        log(f"note: --init-from: {len(keep)} tensor(s) of {', '.join(reinit)} kept freshly "
+            f"initialised")
+    return len(mine) - len(keep)
+
+
+def _plain_safetensors(path):
+    try:
+        from safetensors.numpy import load_file
+        return load_file(str(path))
+    except Exception:                            # not a safetensors file either
+        return None
+
+
+def _under(name, modules) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def check_module_names(model, names, what):
+    """Every name must be a module (or parameter) of the model."""
+    keys = list(model.state_dict())
+    for m in names:
+        if not any(_under(k, [m]) for k in keys):
+            top = sorted({k.split(".")[0] for k in keys})
+            raise UsageError(f"train.{what}: no module {m!r} in this model (top level: "
+                             f"{', '.join(top)})")
+
+
+def freeze(model, names) -> None:
+    """Parameters under ``names`` stop being trained (they stay out of the flat buffer)."""
+    for n, p in model.named_parameters():
+        if _under(n, names):
+            p.requires_grad = False

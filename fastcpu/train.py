@@ -32,8 +32,8 @@ from pathlib import Path
 import fastcpu
 from fastcpu.faults import Faults
 from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, RunLock, UsageError,  # noqa: F401
-                             build_parser, claim_run_dir, dry_run, load_run_config, open_data,
-                             resolve_resume)
+                             build_parser, claim_run_dir, dry_run, fine_tune, load_run_config,
+                             open_data, resolve_resume)
 
 
 class NonFiniteStop(RuntimeError):
@@ -63,6 +63,7 @@ class Trainer:
         self.report = Reporter(run_dir, cfg, out)
         nn.init.manual_seed(cfg.train.seed)
         self.model = FastSpeech2(cfg.model)
+        fine_tune(self.model, cfg.train, resume is None, self.report.say)
         self.buffer = nn.flatten_parameters(self.model)
         self.opt = Adam(self.buffer, cfg.optimizer, cfg.model.decoder_hidden)
         self.loss_fn = FastSpeech2Loss()
@@ -71,9 +72,7 @@ class Trainer:
         self.ckpts = checkpoint.Series(run_dir, cfg.train.keep_last)
         self.state = checkpoint.TrainState()
         self.faults = fault if isinstance(fault, Faults) else Faults(fault)
-        self.step_delay = step_delay
-        self.stop_signal = None
-        self.in_update = False
+        self.step_delay, self.stop_signal, self.in_update = step_delay, None, False
         self.last_val_step = -1
         if resume is not None:
             self._load(*resume)

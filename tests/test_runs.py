@@ -325,3 +325,62 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("error: ") and "checkpoints" in line
     assert max(train_losses(run)) == 2                       # it stopped at the failed write
+
+
+# fine-tuning: --init-from takes weights only and starts a new run
+def test_init_from_takes_the_weights_and_starts_a_new_run(tmp_path):
+    from fastcpu.config import load_config
+    from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus
+    from fastcpu.train import Trainer
+    assert run_cli(*tiny(tmp_path / "a", steps=6)).returncode == 0
+    src = tmp_path / "a" / "tiny" / "checkpoints" / "final.safetensors"
+    r = run_cli(*tiny(tmp_path / "b", "--init-from", str(src), steps=3))
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "b" / "tiny"
+    assert not records(run, "resume") and sorted(train_losses(run)) == [1, 2, 3]
+    cfg = load_config(TINY, [f"train.init_from={src}"])
+    data = PreprocessedCorpus(BUNDLED_CORPUS, "train.txt")
+    tr = Trainer(cfg, BUNDLED_CORPUS, data, data, tmp_path / "c")
+    tensors, _ = checkpoint.load(src)
+    for k, v in tr.model.state_dict().items():
+        np.testing.assert_array_equal(v, tensors[f"model/{k}"], err_msg=k)
+    assert tr.opt.t == 0 and tr.step == 0 and not tr.opt.m.any()
+
+
+def test_init_from_a_weights_only_file_with_reinit_and_freeze(tmp_path):
+    from safetensors.numpy import save_file
+    from fastcpu.config import load_config
+    from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus
+    from fastcpu.train import Trainer
+    data = PreprocessedCorpus(BUNDLED_CORPUS, "train.txt")
+    donor = Trainer(load_config(TINY, ["train.seed=7"]), BUNDLED_CORPUS, data, data,
+                    tmp_path / "d")
+    weights = {k: v.copy() for k, v in donor.model.state_dict().items()}
+    save_file(weights, tmp_path / "w.safetensors")
+    cfg = load_config(TINY, [f"train.init_from={tmp_path / 'w.safetensors'}",
+                             "train.reinit=[postnet]", "train.freeze=[encoder]"])
+    tr = Trainer(cfg, BUNDLED_CORPUS, data, data, tmp_path / "e")
+    fresh = Trainer(load_config(TINY), BUNDLED_CORPUS, data, data, tmp_path / "f")
+    sd, fr = tr.model.state_dict(), fresh.model.state_dict()
+    for k in sd:
+        np.testing.assert_array_equal(sd[k], fr[k] if k.startswith("postnet.") else weights[k],
+                                      err_msg=k)
+    frozen = [n for n, p in tr.model.named_parameters() if not p.requires_grad]
+    always = {"encoder.position_enc", "decoder.position_enc", "variance_adaptor.pitch_bins",
+              "variance_adaptor.energy_bins"}                   # frozen in the reference too
+    assert set(frozen) - always == {n for n, _ in tr.model.named_parameters()
+                                    if n.startswith("encoder.")} - always
+    assert not any(n.startswith("encoder.") for n in tr.buffer.names)
+
+
+def test_init_from_refuses_a_file_that_does_not_fit(tmp_path):
+    assert run_cli(*tiny(tmp_path / "a", steps=2)).returncode == 0
+    src = tmp_path / "a" / "tiny" / "checkpoints" / "final.safetensors"
+    r = run_cli(*tiny(tmp_path / "b", "--init-from", str(src), "--set",
+                      "model.decoder_hidden=48", "--set", "model.encoder_hidden=48", steps=2))
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: --init-from {src}: does not fit this model (other shapes: ")
+    assert line.endswith("name modules to start afresh with --reinit")
+    r = run_cli(*tiny(tmp_path / "c", "--freeze", "nonexistent", steps=2))
+    assert r.returncode == 2 and "train.freeze: no module 'nonexistent' in this model" in r.stderr
