@@ -248,13 +248,6 @@ cdef inline uint16_t _f2bf(float f) noexcept nogil:
     return <uint16_t>(u >> 16)
 
 
-cdef inline float _bf2f(uint16_t h) noexcept nogil:
-    cdef uint32_t u = (<uint32_t>h) << 16
-    cdef float f
-    memcpy(&f, &u, 4)
-    return f
-
-
 def _walk(cnp.ndarray x, cnp.ndarray y):
     # (outer, inner, x strides, y strides) in elements, inner = the axis with x's smaller stride
     xs = [s // x.itemsize for s in (x.strides[0], x.strides[1])]
@@ -285,19 +278,4 @@ def to_bf16(cnp.ndarray x, cnp.ndarray y, int nthreads=1):
         for i in prange(no, nogil=True, num_threads=nthreads, schedule="static"):
             for j in range(ni):
                 py[i * yo + j * yi] = _f2bf(px[i * xo + j * xi])
-    return y
-
-
-def from_bf16(cnp.ndarray x, cnp.ndarray y, int nthreads=1):
-    """y (float32) = x (uint16 bf16), both 2-D of one shape, any strides."""
-    if x.dtype != np.uint16 or y.dtype != np.float32 or x.ndim != 2 or y.ndim != 2 or \
-            (<object>x).shape != (<object>y).shape:
-        raise ValueError("from_bf16: x uint16 and y float32, 2-D, of one shape")
-    cdef int64_t no, ni, xo, xi, yo, yi, i, j
-    no, ni, xo, xi, yo, yi = _walk(x, y)
-    cdef const uint16_t* px = <const uint16_t*>cnp.PyArray_DATA(x)
-    cdef float* py = <float*>cnp.PyArray_DATA(y)
-    for i in prange(no, nogil=True, num_threads=nthreads, schedule="static"):
-        for j in range(ni):
-            py[i * yo + j * yi] = _bf2f(px[i * xo + j * xi])
     return y

@@ -156,12 +156,12 @@ def _put_row_ol(src, dst):
 
 
 @nb.njit(inline="always")
-def _im2col_row(x, bi, t, K, pad, cr):
-    # cr (K*Ci,) = x[bi, t + k - pad, :] for k < K (0 outside [0, T))
-    T, Ci = x.shape[1], x.shape[2]
+def _im2col_row(x, bi, t, K, pad, L, cr):
+    # cr (K*Ci,) = x[bi, t + k - pad, :] for k < K (0 outside [0, L))
+    Ci = x.shape[2]
     for k in range(K):
         s = t + k - pad
-        if 0 <= s < T:
+        if 0 <= s < L:
             _put_row(x[bi, s], cr[k * Ci:(k + 1) * Ci])
         else:
             for c in range(Ci):
@@ -174,7 +174,7 @@ def _im2col_nb(x, K, pad, To, cols):
     # cols float32, or uint16 for bf16 (each copied row rounded to nearest even)
     for r in nb.prange(cols.shape[0]):
         bi = r // To
-        _im2col_row(x, bi, r - bi * To, K, pad, cols[r])
+        _im2col_row(x, bi, r - bi * To, K, pad, x.shape[1], cols[r])
 
 
 @nb.njit(**PJIT)
@@ -200,19 +200,9 @@ def _col2im_nb(dcols, K, pad, To, dx, acc):
 def _im2col_rows_nb(x, lengths, offsets, K, pad, cols):
     # compact cols: row offsets[b] + t (t < L_b) holds x[b, t + k - pad, :] for 0 <= t+k-pad < L_b;
     # cols float32, or uint16 for bf16 (each copied row rounded to nearest even)
-    B, T, Ci = x.shape
     for r in nb.prange(cols.shape[0]):
         bi = np.searchsorted(offsets, r, side="right") - 1
-        t = r - offsets[bi]
-        L = lengths[bi]
-        cr = cols[r]
-        for k in range(K):
-            s = t + k - pad
-            if 0 <= s < L:
-                _put_row(x[bi, s], cr[k * Ci:(k + 1) * Ci])
-            else:
-                for c in range(Ci):
-                    cr[k * Ci + c] = 0
+        _im2col_row(x, bi, r - offsets[bi], K, pad, lengths[bi], cols[r])
 
 
 @nb.njit(**PJIT)
