@@ -384,3 +384,39 @@ def test_init_from_refuses_a_file_that_does_not_fit(tmp_path):
     assert line.endswith("name modules to start afresh with --reinit")
     r = run_cli(*tiny(tmp_path / "c", "--freeze", "nonexistent", steps=2))
     assert r.returncode == 2 and "train.freeze: no module 'nonexistent' in this model" in r.stderr
+
+
+# the kill -9 loop: checkpoints every step, killed at random moments, resumed each time
+@pytest.mark.slow
+def test_kill_9_loop_keeps_every_file_good_and_the_chain_bit_identical(tmp_path):
+    import random
+    from fastcpu import monitor
+    steps, extra = 80, ["--set", "train.save_step=1", "--set", "train.keep_last=2"]
+    base = run_cli(*tiny(tmp_path / "base", *extra, steps=steps))
+    assert base.returncode == 0, base.stderr
+    rnd, kills, run = random.Random(7), 0, tmp_path / "k" / "tiny"
+    while kills < 20:
+        p = subprocess.Popen([sys.executable, "-m", "fastcpu.train", *tiny(
+            tmp_path / "k", "--resume", "auto", "--debug-step-delay", "0.1", *extra,
+            steps=steps)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(rnd.uniform(0.5, 3.5))             # start-up, a step, a write, ...
+        if p.poll() is not None:                      # finished before the kill: start over
+            assert p.returncode == 0, p.stderr.read()
+            break
+        p.kill()
+        p.wait()
+        kills += 1
+    r = run_cli(*tiny(tmp_path / "k", "--resume", "auto", *extra, steps=steps))
+    assert r.returncode == 0, r.stderr
+    assert kills == 20
+    for f in (run / "checkpoints").iterdir():
+        assert not f.name.startswith("."), f"temp file left: {f}"
+        checkpoint.load(f)                            # verifies the SHA-256 of every file
+    a = {x["step"]: x["loss"] for x in monitor.read_log(tmp_path / "base" / "tiny" /
+                                                       "metrics.jsonl") if x["event"] == "train"}
+    b = {x["step"]: x["loss"] for x in monitor.read_log(run / "metrics.jsonl")
+         if x["event"] == "train"}
+    assert a == b                                     # every step's losses, bit for bit
+    wa, _ = checkpoint.load(tmp_path / "base" / "tiny" / "checkpoints" / "final.safetensors")
+    wb, _ = checkpoint.load(run / "checkpoints" / "final.safetensors")
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
