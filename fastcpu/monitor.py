@@ -5,7 +5,9 @@
 Shows the step and progress, current and average training loss (per term), steps/s, ETA,
 learning rate, grad norm, the last validation losses and the last checkpoints. Uses ``rich``
 when it is installed and the output is a terminal; plain text otherwise (and with ``--once``).
-Exits when the run ends (or on Ctrl+C).
+Also the elapsed time, the time since the last record, whether the trainer's process is alive
+(from its lock or train.pid) with its CPU % and RSS (psutil), checkpoint times and free disk.
+Exits when the run ends, or when its process is gone without ending it (status 1), or on Ctrl+C.
 """
 from __future__ import annotations
 
@@ -76,7 +78,9 @@ def summarize(records: list, window: int = 50) -> dict:
                 and isinstance(r.get("status"), str)), None)
     s = {"total_step": start[-1]["total_step"] if start else None, "step": 0,
          "skipped": sum(r.get("event") == "skip" for r in records),
-         "val": val[-3:], "checkpoints": ckpts[-4:], "end": end}
+         "val": val[-3:], "checkpoints": ckpts[-4:], "end": end,
+         "started_at": next((r.get("at") for r in records if r.get("event") == "start"), None),
+         "last_at": next((r.get("at") for r in reversed(records) if "at" in r), None)}
     if not train:
         return s
     last = train[-1]
@@ -107,8 +111,62 @@ def hms(x) -> str:
         f"{x // 60}:{x % 60:02d}"
 
 
-def render_plain(run: Path, s: dict) -> str:
+def run_process(run: Path) -> dict:
+    """The trainer of ``run``: pid (from its lock while it runs, else train.pid), whether it is
+    alive, and with psutil its CPU % and RSS; free disk space under the run."""
+    import os
+    import shutil
+    pid = None
+    for name in (".lock", "train.pid"):
+        try:
+            text = (run / name).read_text().strip()
+            pid = int(json.loads(text)["pid"] if text.startswith("{") else text)
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    out = {"pid": pid, "alive": None, "disk_free": None}
+    try:
+        out["disk_free"] = shutil.disk_usage(run).free
+    except OSError:
+        pass
+    if pid is None:
+        return out
+    try:
+        os.kill(pid, 0)
+        out["alive"] = True
+    except ProcessLookupError:
+        out["alive"] = False
+        return out
+    except PermissionError:
+        out["alive"] = True
+    try:
+        import psutil
+        p = psutil.Process(pid)
+        out.update(cpu=p.cpu_percent(interval=0.2), rss=p.memory_info().rss)
+    except Exception:                        # psutil missing, or the process just ended
+        pass
+    return out
+
+
+def _gib(n):
+    return f"{n / 2 ** 30:.2f} GiB"
+
+
+def render_plain(run: Path, s: dict, proc: dict | None = None) -> str:
     lines = [f"run {run}"]
+    now = time.time()
+    if s.get("started_at"):
+        last = s.get("last_at") or s["started_at"]
+        until = (s["end"] or {}).get("at") or now
+        lines.append(f"elapsed {hms(until - s['started_at'])}  last update {hms(now - last)} ago")
+    if proc and proc.get("pid") is not None:
+        state = ("running" if proc["alive"] else "NOT running") if proc["alive"] is not None \
+            else "unknown"
+        extra = "".join([f", CPU {proc['cpu']:.0f}%" if "cpu" in proc else "",
+                         f", RSS {_gib(proc['rss'])}" if "rss" in proc else ""])
+        lines.append(f"process {proc['pid']}: {state}{extra}")
+    if proc and proc.get("disk_free") is not None:
+        lines.append(f"disk free {_gib(proc['disk_free'])}")
     if s["step"]:
         tot = s["total_step"] or 0
         pct = f" ({100 * s['step'] / tot:.1f}%)" if tot else ""
@@ -125,10 +183,18 @@ def render_plain(run: Path, s: dict) -> str:
         lines.append(f"validation @ {v['step']}: {v['loss']['total']:.4f} (best "
                      f"{v['best']:.4f})")
     for c in s["checkpoints"]:
-        lines.append(f"checkpoint {c['kind']:<11} step {c['step']:<8} {c['path']}")
+        at = time.strftime("%H:%M:%S", time.localtime(c["at"])) if "at" in c else ""
+        lines.append(f"checkpoint {c['kind']:<11} step {c['step']:<8} {at} {c['path']}")
     if s["end"]:
         lines.append(f"run ended: {s['end']['status']} at step {s['end'].get('step')}")
+    elif proc and proc.get("alive") is False:
+        lines.append(f"the run's process {proc['pid']} is gone without an end record (killed?); "
+                     f"resume with --resume auto")
     return "\n".join(lines)
+
+
+def finished(s, proc) -> bool:
+    return bool(s["end"]) or (proc or {}).get("alive") is False
 
 
 def main(argv=None) -> int:
@@ -140,16 +206,22 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     run = Path(a.run_dir)
     log = run / "metrics.jsonl"
+    while not log.is_file() and run_process(run).get("alive"):    # a run still starting up
+        time.sleep(0.5)
     if not log.is_file():
         print(f"error: {log}: no such file (is {run} a fastcpu run directory?)",
               file=sys.stderr)
         return 2
     if a.once or not sys.stdout.isatty():
         while True:
-            s = summarize(read_log(log))
-            print(render_plain(run, s), flush=True)
-            if a.once or s["end"]:
+            s, proc = summarize(read_log(log)), run_process(run)
+            try:
+                print(render_plain(run, s, proc), flush=True)
+            except BrokenPipeError:                   # `monitor --once | head`
+                sys.stdout = None
                 return 0
+            if a.once or finished(s, proc):
+                return 0 if s["end"] or a.once else 1
             time.sleep(max(a.interval, 5.0))
     try:
         from rich.live import Live
@@ -159,18 +231,18 @@ def main(argv=None) -> int:
     try:
         if Live is None:
             while True:
-                s = summarize(read_log(log))
-                sys.stdout.write("\033[2J\033[H" + render_plain(run, s) + "\n")
+                s, proc = summarize(read_log(log)), run_process(run)
+                sys.stdout.write("\033[2J\033[H" + render_plain(run, s, proc) + "\n")
                 sys.stdout.flush()
-                if s["end"]:
-                    return 0
+                if finished(s, proc):
+                    return 0 if s["end"] else 1
                 time.sleep(a.interval)
         with Live(refresh_per_second=4) as live:
             while True:
-                s = summarize(read_log(log))
-                live.update(Panel(render_plain(run, s), title="fastcpu"))
-                if s["end"]:
-                    return 0
+                s, proc = summarize(read_log(log)), run_process(run)
+                live.update(Panel(render_plain(run, s, proc), title="fastcpu"))
+                if finished(s, proc):
+                    return 0 if s["end"] else 1
                 time.sleep(a.interval)
     except KeyboardInterrupt:
         return 0

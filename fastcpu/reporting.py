@@ -64,15 +64,33 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
     return "\n".join(lines)
 
 
+def rss_now():
+    """(resident set size, its high-water mark) of this process in bytes (VmRSS, VmHWM)."""
+    got = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    got[line[:5]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return got.get("VmRSS", 0), got.get("VmHWM", 0)
+
+
 class Reporter:
     """Console, metrics.jsonl, TensorBoard and samples of one run directory."""
 
     def __init__(self, run_dir: Path, cfg, out=None):
+        import os
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
         self.tb = None
         self.t_start, self.steps_at_start = time.time(), 0
+        # train.log: the console text, also for foreground runs (a detached run's console is
+        # that file already)
+        self.log_path = None if os.environ.get("FASTCPU_DETACHED") else self.run_dir / "train.log"
+        self.memory_plan = None
 
     # -- lifetime ---------------------------------------------------------------------------
     def open(self, step: int) -> None:
@@ -89,6 +107,12 @@ class Reporter:
         if self.tty:
             self.out.write("\r\033[K")
         print(text, file=self.out, flush=True)
+        self._to_log(text)
+
+    def _to_log(self, text: str) -> None:
+        if self.log_path is not None and self.run_dir.is_dir():
+            with open(self.log_path, "a") as f:
+                f.write(text + "\n")
 
     def log_event(self, rec: dict) -> None:
         rec = {"at": round(time.time(), 3), **rec}
@@ -99,7 +123,9 @@ class Reporter:
     def step(self, rec: dict, step: int) -> None:
         """metrics.jsonl always; TensorBoard and a console line every ``train.log_step``."""
         c = self.cfg.train
+        rec["rss"], rec["peak_rss"] = rss_now()
         self.log_event(rec)
+        self.memory(rec, step)
         logged = step % c.log_step == 0 or step == 1
         if rec["event"] != "skip" and logged and self.tb:
             self.tb.add_scalars("train", rec["loss"], step)
@@ -131,6 +157,20 @@ class Reporter:
                 self.out.write("\n")
         elif step % c.log_step == 0 or step == 1:
             print(text, file=self.out, flush=True)
+        if step % c.log_step == 0 or step == 1:
+            self._to_log(text)
+
+    def memory(self, rec: dict, step: int) -> None:
+        """Once, after the first steps (the compile is over): the banner's plan against the
+        measured peak RSS."""
+        if self.memory_plan is None or step != self.steps_at_start + 2 or "peak_rss" not in rec:
+            return
+        m = self.memory_plan
+        planned = m["weights"] + m["grads"] + m["adam"] + m["activations"]
+        self.log_event({"event": "memory", "step": step, "planned": planned,
+                        "peak_rss": rec["peak_rss"]})
+        self.say(f"memory: planned {gib(planned)}, measured peak RSS {gib(rec['peak_rss'])} "
+                 f"(step {step}; the plan counts tensors, RSS also the libraries and caches)")
 
     # -- validation -------------------------------------------------------------------------
     def validation(self, rec: dict, improved: bool) -> None:

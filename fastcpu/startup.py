@@ -74,6 +74,13 @@ def config_keys_help() -> str:
     return "\n".join(lines)
 
 
+def _seconds(text):
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
 def build_parser(doc: str) -> argparse.ArgumentParser:
     """The parser of ``python -m fastcpu.train``; ``doc`` (its module docstring) gives the
     description and the epilog."""
@@ -91,13 +98,17 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--resume", choices=["auto"],
                     help="auto: continue the run already in OUTPUT_DIR/NAME from its newest "
                          "good checkpoint (start it if there is none)")
+    ap.add_argument("--detach", action="store_true",
+                    help="check config, data, disk, memory and the run directory, then train in "
+                         "the background (console in OUTPUT_DIR/NAME/train.log, pid in "
+                         "train.pid) and print how to follow, watch and stop it")
     ap.add_argument("--overwrite", action="store_true",
                     help="start afresh where a run already is (the old one is moved to "
                          "NAME.old-<time>)")
     ap.add_argument("--dry-run", action="store_true",
                     help="validate config and data, print the plan, do not train")
     ap.add_argument("--debug-fault", help=argparse.SUPPRESS)      # tests: exception@K, nan@K[:M]
-    ap.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--debug-step-delay", type=_seconds, default=0.0, help=argparse.SUPPRESS)
     return ap
 
 
@@ -292,7 +303,7 @@ def _alive(pid) -> bool:
     return True
 
 
-def claim_run_dir(run_dir: Path, args, log=print):
+def claim_run_dir(run_dir: Path, args, log=print, check_only=False):
     """What to do with ``run_dir`` before anything is written there: -> the resume target
     (``--resume auto`` with a checkpoint there), or None. A directory that already holds a run
     is refused unless the command resumes it or ``--overwrite`` archives it."""
@@ -302,6 +313,8 @@ def claim_run_dir(run_dir: Path, args, log=print):
     existing = run_dir.is_dir() and ((run_dir / "metrics.jsonl").exists() or
                                      any((run_dir / "checkpoints").glob("*.safetensors")))
     if not existing:
+        return None
+    if args.overwrite and check_only:
         return None
     if args.overwrite:
         dest = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -415,3 +428,49 @@ def freeze(model, names) -> None:
     for n, p in model.named_parameters():
         if _under(n, names):
             p.requires_grad = False
+
+
+def detach(args, argv, cfg, root, train, run_dir) -> int:
+    """``--detach``: pre-flight checks, then the same command in a new session with its console
+    in ``train.log``; prints how to follow, watch and stop it."""
+    import os
+    import shutil
+    import subprocess
+    from fastcpu import reporting
+    from fastcpu.models import FastSpeech2
+    holder = RunLock(run_dir)._holder() if (run_dir / LOCK).exists() else None
+    if holder and _alive(holder.get("pid")):
+        raise UsageError(f"{run_dir} is in use by pid {holder.get('pid')} on "
+                         f"{holder.get('host')}; stop that run or choose another --name")
+    claim_run_dir(run_dir, args, check_only=True)
+    n = FastSpeech2(cfg.model).num_parameters()
+    c = cfg.train
+    kept = c.keep_last if c.keep_last else c.total_step // max(c.save_step, 1)
+    need = (kept + 2) * 12 * n                   # weights + two Adam moments, fp32
+    base = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+    free = shutil.disk_usage(base).free
+    if free < need:
+        raise UsageError(f"{base}: {reporting.gib(free)} free, the run's checkpoints need about "
+                         f"{reporting.gib(need)} (train.keep_last={c.keep_last} + 2)")
+    plan = reporting.memory_plan(cfg, n, train)
+    total = plan["weights"] + plan["grads"] + plan["adam"] + plan["activations"]
+    try:
+        import psutil
+        avail = psutil.virtual_memory().available
+    except ImportError:
+        avail = None
+    if avail is not None and total > avail:
+        raise UsageError(f"the memory plan ({reporting.gib(total)}) exceeds the available "
+                         f"memory ({reporting.gib(avail)}); lower train.batch_size")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir / "train.log", "a")
+    child = subprocess.Popen([sys.executable, "-m", "fastcpu.train",
+                              *[a for a in argv if a != "--detach"]],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, env={**os.environ, "FASTCPU_DETACHED": "1"})
+    (run_dir / "train.pid").write_text(f"{child.pid}\n")
+    print(f"training in the background: pid {child.pid}, run {run_dir}\n"
+          f"  follow: tail -f {run_dir / 'train.log'}\n"
+          f"  watch:  python -m fastcpu.monitor {run_dir}\n"
+          f"  stop:   kill -TERM {child.pid}   (saves the state; resume with --resume auto)")
+    return 0

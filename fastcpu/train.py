@@ -32,8 +32,8 @@ from pathlib import Path
 import fastcpu
 from fastcpu.faults import Faults
 from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, RunLock, UsageError,  # noqa: F401
-                             build_parser, claim_run_dir, dry_run, fine_tune, load_run_config,
-                             open_data, resolve_resume)
+                             build_parser, claim_run_dir, detach, dry_run, fine_tune,
+                             load_run_config, open_data, resolve_resume)
 
 
 class NonFiniteStop(RuntimeError):
@@ -392,12 +392,15 @@ class Trainer:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(__doc__).parse_args(argv)
     lock = None
     try:
         resume = resolve_resume(args.resume_from) if args.resume_from else None
         cfg = load_run_config(args, resume[2] if resume else None)
         run_dir = Path(cfg.train.output_dir) / cfg.name
+        if args.detach:
+            return detach(args, argv, cfg, *open_data(cfg)[:2], run_dir)
         if not args.dry_run:                        # one owner, and no silent mixing of runs
             lock = RunLock(run_dir).acquire()
             target = claim_run_dir(run_dir, args)
@@ -405,10 +408,7 @@ def main(argv=None) -> int:
                 resume = resolve_resume(target)
                 cfg = load_run_config(args, resume[2])
         root, train, val = open_data(cfg)
-        fault = Faults(args.debug_fault)
-        if args.debug_step_delay < 0:
-            raise UsageError("--debug-step-delay must be >= 0")
-        return _run(args, cfg, root, train, val, run_dir, resume, fault)
+        return _run(args, cfg, root, train, val, run_dir, resume, Faults(args.debug_fault))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -431,9 +431,9 @@ def _run(args, cfg, root, train, val, run_dir, resume, fault) -> int:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         tr = Trainer(cfg, root, train, val, run_dir, resume=resume, fault=fault,
                      step_delay=args.debug_step_delay)
-        mem = reporting.memory_plan(cfg, len(tr.buffer), train)
-        print(reporting.banner(cfg, root, train, val, len(tr.buffer), mem, run_dir,
-                               resume and resume[0]), flush=True)
+        mem = tr.report.memory_plan = reporting.memory_plan(cfg, len(tr.buffer), train)
+        tr.report.say(reporting.banner(cfg, root, train, val, len(tr.buffer), mem, run_dir,
+                                       resume and resume[0]))
         tr.report.log_event({"event": "start", "step": tr.step,     # a new segment (monitor)
                              "total_step": cfg.train.total_step, "config": to_dict(cfg),
                              "runtime": runtime.info(), "memory": mem,

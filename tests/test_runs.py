@@ -420,3 +420,49 @@ def test_kill_9_loop_keeps_every_file_good_and_the_chain_bit_identical(tmp_path)
     wa, _ = checkpoint.load(tmp_path / "base" / "tiny" / "checkpoints" / "final.safetensors")
     wb, _ = checkpoint.load(run / "checkpoints" / "final.safetensors")
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+# launch and watch
+def test_detach_runs_in_the_background_and_the_monitor_follows_it(tmp_path):
+    t = time.time()
+    r = run_cli(*tiny(tmp_path, "--detach", steps=8))
+    assert r.returncode == 0, r.stderr
+    assert time.time() - t < 60
+    run = tmp_path / "tiny"
+    pid = int((run / "train.pid").read_text())
+    assert f"pid {pid}" in r.stdout and f"tail -f {run / 'train.log'}" in r.stdout
+    assert f"python -m fastcpu.monitor {run}" in r.stdout and f"kill -TERM {pid}" in r.stdout
+    m = subprocess.run([sys.executable, "-m", "fastcpu.monitor", str(run), "--interval", "1"],
+                       capture_output=True, text=True, timeout=180)     # until the run ends
+    assert m.returncode == 0, m.stdout + m.stderr
+    assert "run ended: done at step 8" in m.stdout
+    log = (run / "train.log").read_text()
+    assert "done: 8 steps" in log and log.count("fastcpu 0.1.0") == 1      # not teed twice
+    assert all(x["rss"] > 0 and x["peak_rss"] >= x["rss"] for x in records(run, "train"))
+    mem = records(run, "memory")
+    assert len(mem) == 1 and mem[0]["planned"] > 0 and mem[0]["peak_rss"] > 0
+
+
+def test_detach_checks_before_it_starts(tmp_path):
+    assert run_cli(*tiny(tmp_path, steps=2)).returncode == 0
+    r = run_cli(*tiny(tmp_path, "--detach", steps=2))
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    assert not (tmp_path / "tiny" / "train.pid").exists()
+
+
+def test_a_foreground_run_writes_train_log(tmp_path):
+    assert run_cli(*tiny(tmp_path, steps=3)).returncode == 0
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    assert log.startswith("fastcpu ") and "validation @ step 3" in log and "done: 3 steps" in log
+
+
+def test_the_monitor_notices_a_killed_run(tmp_path):
+    p = _start(tmp_path)
+    run = tmp_path / "tiny"
+    _wait_for_step(run, 2)
+    p.kill()
+    p.wait()
+    m = subprocess.run([sys.executable, "-m", "fastcpu.monitor", str(run), "--interval", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert m.returncode == 1
+    assert f"the run's process {p.pid} is gone without an end record (killed?)" in m.stdout
