@@ -14,6 +14,7 @@ it is loaded with ``weights_only=True`` (no pickle code execution).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -123,29 +124,47 @@ def fastcpu_to_reference(src, dst) -> Path:
         out["optimizer"] = {"state": state, "param_groups": groups}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    torch.save(out, tmp)
-    tmp.replace(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(out, tmp)
+        tmp.replace(dst)                               # atomic: never a half-written file
+    finally:
+        tmp.unlink(missing_ok=True)
     return dst
+
+
+def _kind(path: Path):
+    if path.name.endswith((".pth.tar", ".pth", ".pt")):
+        return "reference"
+    if path.name.endswith(".safetensors"):
+        return "fastcpu"
+    return None
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastcpu.convert",
                                  description="Convert a reference .pth.tar checkpoint to fastcpu's "
-                                             "safetensors format, or back (by file extension).")
+                                             "safetensors format, or back (the direction from "
+                                             "both file extensions).")
     ap.add_argument("src", help="input: *.pth.tar / *.pth (reference) or *.safetensors (fastcpu)")
     ap.add_argument("dst", help="output path")
     args = ap.parse_args(argv)
-    src = Path(args.src)
+    src, dst = Path(args.src), Path(args.dst)
     try:
         if not src.is_file():
             raise ConvertError(f"{src}: no such file")
-        if src.name.endswith((".pth.tar", ".pth", ".pt")):
-            out = reference_to_fastcpu(src, args.dst)
-        elif src.name.endswith(".safetensors"):
-            out = fastcpu_to_reference(src, args.dst)
+        kinds = (_kind(src), _kind(dst))
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise ConvertError(f"{dst}: the destination is the source file; give another path")
+        if kinds == ("reference", "fastcpu"):
+            out = reference_to_fastcpu(src, dst)
+        elif kinds == ("fastcpu", "reference"):
+            out = fastcpu_to_reference(src, dst)
         else:
-            raise ConvertError(f"{src}: unknown extension; expected .pth.tar/.pth or .safetensors")
+            raise ConvertError(f"{src} -> {dst}: converts between a reference checkpoint "
+                               f"(.pth.tar/.pth/.pt) and a fastcpu one (.safetensors), one of "
+                               f"each; got {kinds[0] or 'an unknown kind'} -> "
+                               f"{kinds[1] or 'an unknown kind'}")
     except (ConvertError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -128,9 +128,13 @@ def resolve_resume(target: str, log=print):
     """-> (path, tensors, meta) of the checkpoint to resume from (``checkpoint.resolve``)."""
     from fastcpu import checkpoint
     try:
-        return checkpoint.resolve(target, log)
+        path, tensors, meta = checkpoint.resolve(target, log)
     except checkpoint.CheckpointError as e:
         raise UsageError(str(e)) from None
+    if "config" not in meta or "state" not in meta:
+        raise UsageError(f"{path}: has weights but no training state to resume (a converted "
+                         f"reference checkpoint?); fine-tune from it with --init-from {path}")
+    return path, tensors, meta
 
 
 def config_path(name):

@@ -117,7 +117,7 @@ def test_converter_errors_are_one_clear_line(tmp_path, capsys):
     bad = tmp_path / "x.txt"
     bad.write_text("hi")
     assert convert_main([str(bad), str(tmp_path / "o")]) == 2
-    assert "unknown extension" in capsys.readouterr().err
+    assert "an unknown kind -> an unknown kind" in capsys.readouterr().err
     junk = tmp_path / "junk.pth.tar"
     junk.write_bytes(b"not a checkpoint")
     assert convert_main([str(junk), str(tmp_path / "o.safetensors")]) == 2

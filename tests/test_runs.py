@@ -466,3 +466,50 @@ def test_the_monitor_notices_a_killed_run(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert m.returncode == 1
     assert f"the run's process {p.pid} is gone without an end record (killed?)" in m.stdout
+
+
+# 4. converted reference checkpoints could not be trained from (--resume-from: KeyError
+#    'config'); convert A.safetensors A.safetensors replaced the file with a torch pickle
+def _reference_file(path):
+    """A checkpoint as the reference's train.py writes it, of the tiny config's model."""
+    import torch
+    from fastcpu.config import load_config
+    from fastcpu.testing.torch_reference import TorchFastSpeech2
+    torch.manual_seed(0)
+    model = TorchFastSpeech2(load_config(TINY).model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+
+
+def test_a_converted_reference_checkpoint_fine_tunes_with_init_from(tmp_path):
+    from fastcpu.convert import main as convert_main
+    ref, conv = tmp_path / "ref.pth.tar", tmp_path / "ref.safetensors"
+    _reference_file(ref)
+    assert convert_main([str(ref), str(conv)]) == 0
+    r = run_cli(*tiny(tmp_path, "--resume-from", str(conv), steps=2))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {conv}: has weights but no training state to resume (a converted reference "
+        f"checkpoint?); fine-tune from it with --init-from {conv}"]
+    r = run_cli(*tiny(tmp_path, "--init-from", str(conv), steps=3))
+    assert r.returncode == 0, r.stderr
+    assert max(train_losses(tmp_path / "tiny")) == 3
+
+
+@pytest.mark.parametrize("src,dst,expect", [
+    ("a.safetensors", "a.safetensors", "the destination is the source file"),
+    ("a.safetensors", "b.safetensors", "got fastcpu -> fastcpu"),
+    ("ref.pth.tar", "b.pth.tar", "got reference -> reference"),
+    ("ref.pth.tar", "b.bin", "got reference -> an unknown kind"),
+])
+def test_convert_takes_the_direction_from_both_names(tmp_path, capsys, src, dst, expect):
+    from fastcpu.convert import main as convert_main
+    _reference_file(tmp_path / "ref.pth.tar")
+    assert convert_main([str(tmp_path / "ref.pth.tar"), str(tmp_path / "a.safetensors")]) == 0
+    before = (tmp_path / "a.safetensors").read_bytes()
+    capsys.readouterr()
+    assert convert_main([str(tmp_path / src), str(tmp_path / dst)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert expect in line
+    assert (tmp_path / "a.safetensors").read_bytes() == before       # untouched
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
