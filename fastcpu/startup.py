@@ -478,3 +478,15 @@ def detach(args, argv, cfg, root, train, run_dir) -> int:
           f"  watch:  python -m fastcpu.monitor {run_dir}\n"
           f"  stop:   kill -TERM {child.pid}   (saves the state; resume with --resume auto)")
     return 0
+
+
+def check_data(train, val, log=print) -> None:
+    """Every value of every utterance before step 1 (cached by file sizes and mtimes, so a
+    restart does not re-read an unchanged corpus); a bad one is one line, exit 2."""
+    from fastcpu.data import DataError
+    try:
+        if train.validate(cache=True) | val.validate(cache=True) and len(train) > 2000:
+            log(f"checked the values of {len(train) + len(val)} utterances (cached for the next "
+                f"start)")
+    except DataError as e:
+        raise UsageError(str(e)) from None

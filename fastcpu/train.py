@@ -32,7 +32,7 @@ from pathlib import Path
 import fastcpu
 from fastcpu.faults import Faults
 from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, RunLock, UsageError,  # noqa: F401
-                             build_parser, claim_run_dir, detach, dry_run, fine_tune,
+                             build_parser, check_data, claim_run_dir, detach, dry_run, fine_tune,
                              load_run_config, open_data, resolve_resume)
 
 
@@ -427,6 +427,7 @@ def _run(args, cfg, root, train, val, run_dir, resume, fault) -> int:
             kernels.use(cfg.train.precision):
         if args.dry_run:
             return dry_run(cfg, root, train, val, run_dir, resume)
+        check_data(train, val)
         import yaml
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         tr = Trainer(cfg, root, train, val, run_dir, resume=resume, fault=fault,

@@ -513,3 +513,56 @@ def test_convert_takes_the_direction_from_both_names(tmp_path, capsys, src, dst,
     assert expect in line
     assert (tmp_path / "a.safetensors").read_bytes() == before       # untouched
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+# 5 (data). bad values were found only when an utterance was first loaded (step 37 of 60, or
+#    hours into a run) unless --dry-run was used; a float64 pitch overflowing float32 passed
+def _corpus_copy(tmp_path):
+    import shutil
+    from fastcpu.data import BUNDLED_CORPUS
+    dst = tmp_path / "corpus"
+    shutil.copytree(BUNDLED_CORPUS, dst)
+    return dst
+
+
+def _first(corpus, split, kind):
+    from fastcpu.data import PreprocessedCorpus
+    c = PreprocessedCorpus(corpus, split)
+    return c.path(c.utts[0], kind)
+
+
+@pytest.mark.parametrize("damage", ["nan-val-mel", "float64-pitch-overflow", "float-durations"])
+def test_bad_values_stop_before_step_1(tmp_path, damage):
+    corpus = _corpus_copy(tmp_path)
+    if damage == "nan-val-mel":
+        f = _first(corpus, "val.txt", "mel")
+        a = np.load(f)
+        a[0, 0] = np.nan
+    elif damage == "float64-pitch-overflow":
+        f = _first(corpus, "train.txt", "pitch")
+        a = np.load(f).astype(np.float64)
+        a[0] = 1e300
+    else:
+        f = _first(corpus, "train.txt", "duration")
+        a = np.load(f).astype(np.float32)
+    np.save(f, a)
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    r = run_cli(*tiny(tmp_path, "--data-dir", str(corpus), steps=2), env=env)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {f}: ")
+    assert not (tmp_path / "tiny").exists()                       # before step 1
+
+
+def test_the_data_check_is_cached_and_notices_a_changed_file(tmp_path):
+    corpus = _corpus_copy(tmp_path)
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert run_cli(*tiny(tmp_path / "a", "--data-dir", str(corpus), steps=1),
+                   env=env).returncode == 0
+    assert len(list((tmp_path / "cache" / "fastcpu" / "validated").iterdir())) == 2
+    f = _first(corpus, "train.txt", "energy")
+    a = np.load(f)
+    a[0] = np.inf
+    np.save(f, a)                                                 # size/mtime change
+    r = run_cli(*tiny(tmp_path / "b", "--data-dir", str(corpus), steps=1), env=env)
+    assert r.returncode == 2 and f"{f}: non-finite values" in r.stderr

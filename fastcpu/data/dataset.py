@@ -157,8 +157,16 @@ class PreprocessedCorpus:
         a = {k: np.asarray(self._open(u, k, mmap=False)) for k in KINDS}
         if i not in self._checked:
             for k in KINDS:
-                if not np.all(np.isfinite(a[k])):
-                    raise DataError(f"{self.path(u, k)}: non-finite values (NaN or inf)")
+                want = "iu" if k == "duration" else "f"
+                if a[k].dtype.kind not in want:
+                    kind = "integer" if want == "iu" else "float"
+                    raise DataError(f"{self.path(u, k)}: expected {kind} values, got "
+                                    f"{a[k].dtype}")
+                with np.errstate(over="ignore"):          # beyond float32 -> inf: reported
+                    finite = np.all(np.isfinite(a[k].astype(np.float32)))
+                if not finite:
+                    raise DataError(f"{self.path(u, k)}: non-finite values (NaN or inf"
+                                    f"{', or beyond float32' if a[k].dtype.itemsize > 4 else ''})")
             d = a["duration"]
             if d.dtype.kind not in "iu" or (d < 0).any():
                 raise DataError(f"{self.path(u, 'duration')}: durations must be non-negative "
@@ -173,10 +181,43 @@ class PreprocessedCorpus:
                 "energy": a["energy"].astype(np.float32), "duration": a["duration"].astype(
                     np.int64)}
 
-    def validate(self) -> None:
-        """Check every value of every utterance now (otherwise done on first load)."""
+    def validate(self, cache: bool = False) -> bool:
+        """Check every value of every utterance now (otherwise done on first load). With
+        ``cache``, a summary keyed by the split file's and every feature file's size and mtime
+        (in ``$XDG_CACHE_HOME/fastcpu``) spares a restart re-reading an unchanged corpus.
+        -> True if the files were read now, False if the cache vouched for them."""
+        marker = self._marker() if cache else None
+        key = self._fingerprint() if marker else None
+        if marker is not None and marker.is_file() and marker.read_text() == key:
+            self._checked.update(range(len(self)))
+            return False
         for i in range(len(self)):
             self.load(i)
+        if marker is not None:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(key)
+            except OSError:
+                pass                                   # no cache: checked again next time
+        return True
+
+    def _marker(self):
+        import hashlib
+        import os
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastcpu"
+        name = hashlib.sha256(str(self.split.resolve()).encode()).hexdigest()[:24]
+        return base / "validated" / f"{name}.key"
+
+    def _fingerprint(self) -> str:
+        import hashlib
+        h = hashlib.sha256()
+        for p in [self.split] + [self.path(u, k) for u in self.utts for k in KINDS]:
+            try:
+                st = p.stat()
+                h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+            except OSError:
+                h.update(f"{p.name}:missing;".encode())
+        return h.hexdigest()
 
     def __len__(self):
         return len(self.utts)
