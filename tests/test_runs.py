@@ -566,3 +566,65 @@ def test_the_data_check_is_cached_and_notices_a_changed_file(tmp_path):
     np.save(f, a)                                                 # size/mtime change
     r = run_cli(*tiny(tmp_path / "b", "--data-dir", str(corpus), steps=1), env=env)
     assert r.returncode == 2 and f"{f}: non-finite values" in r.stderr
+
+
+def _two_voice_copy(tmp_path):
+    """The bundled corpus with its second half relabelled as a second speaker."""
+    import json as _json
+    corpus = _corpus_copy(tmp_path)
+    for split in ("train.txt", "val.txt"):
+        lines = (corpus / split).read_text().splitlines()
+        out = []
+        for i, line in enumerate(lines):
+            base, spk, rest = line.split("|", 2)
+            if i % 2:
+                for kind in ("mel", "pitch", "energy", "duration"):
+                    (corpus / kind / f"{spk}-{kind}-{base}.npy").rename(
+                        corpus / kind / f"voice2-{kind}-{base}.npy")
+                spk = "voice2"
+            out.append("|".join([base, spk, rest]))
+        (corpus / split).write_text("\n".join(out) + "\n")
+    (corpus / "speakers.json").write_text(_json.dumps({"espeak_en_us": 0, "voice2": 1}))
+    return corpus
+
+
+def test_fine_tune_a_converted_reference_checkpoint_for_two_voices(tmp_path):
+    from fastcpu.convert import main as convert_main
+    ref, conv = tmp_path / "ref.pth.tar", tmp_path / "ref.safetensors"
+    _reference_file(ref)                                  # single-speaker, as LJSpeech's
+    assert convert_main([str(ref), str(conv)]) == 0
+    corpus = _two_voice_copy(tmp_path)
+    r = run_cli(*tiny(tmp_path, "--data-dir", str(corpus), "--init-from", str(conv),
+                      "--set", "model.multi_speaker=true", steps=4))
+    assert r.returncode == 2 and "speaker_emb.weight" in r.stderr and "--reinit" in r.stderr
+    r = run_cli(*tiny(tmp_path, "--data-dir", str(corpus), "--init-from", str(conv),
+                      "--reinit", "speaker_emb", "--set", "model.multi_speaker=true", steps=4))
+    assert r.returncode == 0, r.stderr
+    assert "tensor(s) of speaker_emb kept freshly initialised" in r.stdout
+    t, meta = checkpoint.load(tmp_path / "tiny" / "checkpoints" / "final.safetensors")
+    assert t["model/speaker_emb.weight"].shape == (2, 32)
+    ref_w, _ = checkpoint.load(conv)
+    k = "model/decoder.layer_stack.0.pos_ffn.w_1.weight"
+    assert not np.array_equal(t[k], ref_w[k])             # trained from the reference's weights
+    assert all(np.isfinite(v) for v in train_losses(tmp_path / "tiny").values())
+
+
+# 8. a full disk was a traceback; the previous good checkpoint must be kept
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    import os
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    assert os.geteuid() == 0, "the test mounts a small tmpfs (CI runs as root)"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(disk)], check=True)
+    try:
+        r = run_cli(*tiny(disk, "--set", "train.save_step=1", "--set", "train.keep_last=0",
+                          steps=30))
+        assert r.returncode == 1, r.stderr
+        [line] = r.stderr.strip().splitlines()
+        assert "No space left on device" in line, line
+        ck = sorted((disk / "tiny" / "checkpoints").glob("step-*.safetensors"))
+        assert ck, "no checkpoint was written before the disk filled"
+        for f in ck:
+            checkpoint.load(f)                            # every kept file verifies
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
