@@ -330,8 +330,10 @@ def claim_run_dir(run_dir: Path, args, log=print, check_only=False):
         return None
     resuming_here = args.resume_from and Path(args.resume_from).resolve().is_relative_to(
         run_dir.resolve())
-    if args.resume == "auto" or resuming_here:
-        return None if resuming_here else str(run_dir)
+    if resuming_here:
+        return None
+    if args.resume == "auto":     # continue from its newest checkpoint; none yet: start it
+        return str(run_dir) if checkpoint.find(run_dir) else None
     newest = next((p for p in checkpoint.find(run_dir)), None)
     what = "no checkpoint"
     if newest is not None:

@@ -628,3 +628,17 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
             checkpoint.load(f)                            # every kept file verifies
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_resume_auto_starts_a_run_killed_before_its_first_checkpoint(tmp_path):
+    p = _start(tmp_path)
+    run = tmp_path / "tiny"
+    _wait_for_step(run, 2)                                # save_step 25: no checkpoint yet
+    p.kill()
+    p.wait()
+    assert not list((run / "checkpoints").glob("*.safetensors"))
+    r = run_cli(*tiny(tmp_path, "--resume", "auto", steps=4))
+    assert r.returncode == 0, r.stderr
+    from fastcpu import monitor
+    steps = [x["step"] for x in monitor.read_log(run / "metrics.jsonl") if x["event"] == "train"]
+    assert steps == [1, 2, 3, 4]                          # the killed segment is superseded
