@@ -9,8 +9,9 @@ from fastcpu.startup import UsageError
 class Faults:
     """Test hooks (``--debug-fault``): ``nan@K[:M]`` poisons the mel loss weight of steps K..M,
     ``exception@K`` raises after the last forward pass of step K, ``after-update@K`` once step
-    K's update is done (before its validation and checkpoints)."""
-    KINDS = ("nan", "exception", "after-update")
+    K's update is done (before its validation and checkpoints), ``in-validation@K`` and
+    ``in-save@K`` inside step K's validation or its (non-emergency) checkpoint write."""
+    KINDS = ("nan", "exception", "after-update", "in-validation", "in-save")
 
     def __init__(self, text=None):
         self.kind, self.a, self.b = None, 0, -1
@@ -35,3 +36,8 @@ class Faults:
     def after_update(self, step: int) -> None:
         if self.kind == "after-update" and step == self.a:
             raise RuntimeError(f"injected fault after the update of step {step} (--debug-fault)")
+
+    def at(self, where: str, step: int) -> None:
+        """``where``: "in-validation" or "in-save"."""
+        if self.kind == where and step == self.a:
+            raise RuntimeError(f"injected fault {where} of step {step} (--debug-fault)")

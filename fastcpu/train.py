@@ -37,7 +37,7 @@ from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, RunLock, UsageError, 
 
 
 class NonFiniteStop(RuntimeError):
-    pass
+    """``train.max_nonfinite`` non-finite steps in a row."""
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -95,6 +95,8 @@ class Trainer:
         from fastcpu import runtime
         from fastcpu.config import to_dict
         st = state or self.snapshot()[0]
+        if kind != "emergency":
+            self.faults.at("in-save", st.step)
         meta = {"kind": kind, "state": st.to_meta(), "config": to_dict(self.cfg),
                 "fastcpu_version": fastcpu.__version__, "threads": runtime.num_threads(),
                 "precision": self.cfg.train.precision,
@@ -136,11 +138,9 @@ class Trainer:
         return self.loss_fn(out, b.mels, b.pitches, b.energies, b.durations)
 
     def accumulate(self, batches, step_no, times=None):
-        """Forward + backward of an accumulation window, gradients summed into the buffer.
-        Each loss term is a mean over one micro-batch's frames (mel terms) or phonemes (the
-        others); weighting it by that micro-batch's share of the window's frames/phonemes makes
-        the accumulated gradient the gradient of the mean over the whole window, i.e. of the
-        large batch, however ragged the lengths. -> (loss terms of the window, frames)."""
+        """Forward + backward of an accumulation window into the buffer, each micro-batch's loss
+        terms weighted by its share of the window's frames (mel) / phonemes (the others): the
+        gradient of the large batch, however ragged. -> (loss terms of the window, frames)."""
         times = times if times is not None else {"forward": 0.0, "backward": 0.0}
         frames = sum(b.frames for b in batches)
         phones = sum(b.phones for b in batches)
@@ -244,6 +244,7 @@ class Trainer:
 
     def run_validation(self, why: str) -> bool:
         t0 = time.perf_counter()
+        self.faults.at("in-validation", self.step)
         res = self.validate()
         st = self.state
         if res is None:
@@ -272,10 +273,10 @@ class Trainer:
         return True
 
     # -- the loop ---------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum, frame):         # no I/O in a signal handler
         if self.stop_signal is not None:          # a second signal: stop now
             raise SecondSignal(signal.Signals(signum).name)
-        self.stop_signal = signal.Signals(signum).name      # no I/O in a signal handler
+        self.stop_signal = signal.Signals(signum).name
 
     def run(self) -> int:
         """Train; -> exit status: 0 done, 128 + N after signal N (SIGINT 130, SIGTERM 143,
@@ -316,8 +317,7 @@ class Trainer:
 
     def _done(self) -> bool:
         c = self.cfg.train
-        return self.step >= c.total_step or bool(
-            c.num_epochs and self.batcher.epochs_done() >= c.num_epochs)
+        return self.step >= c.total_step or 0 < c.num_epochs <= self.batcher.epochs_done()
 
     def _after_step(self, rec, epoch_end) -> bool:
         """Everything a finished step triggers; False to stop the loop."""

@@ -642,3 +642,20 @@ def test_resume_auto_starts_a_run_killed_before_its_first_checkpoint(tmp_path):
     from fastcpu import monitor
     steps = [x["step"] for x in monitor.read_log(run / "metrics.jsonl") if x["event"] == "train"]
     assert steps == [1, 2, 3, 4]                          # the killed segment is superseded
+
+
+@pytest.mark.parametrize("place", ["after-update", "in-validation", "in-save"])
+def test_each_place_after_the_update_saves_that_steps_state(tmp_path, place):
+    sched = ["--set", "train.val_step=6", "--set", "train.save_step=6"]
+    base = run_cli(*tiny(tmp_path / "base", *sched, steps=18))
+    assert base.returncode == 0, base.stderr
+    out = tmp_path / "f"
+    r = run_cli(*tiny(out, *sched, "--debug-fault", f"{place}@12", steps=18))
+    assert r.returncode == 1 and f"of step 12 (--debug-fault)" in r.stderr
+    ck = out / "tiny" / "checkpoints" / "emergency.safetensors"
+    _, meta = checkpoint.load(ck)
+    assert meta["state"]["step"] == 12 and meta["optimizer_step"] == 12
+    assert "saved the state after step 12 (the error came after its update)" in r.stdout
+    r = run_cli(*tiny(out, *sched, "--resume-from", str(ck), steps=18))
+    assert r.returncode == 0, r.stderr
+    assert train_losses(out / "tiny") == train_losses(tmp_path / "base" / "tiny")
