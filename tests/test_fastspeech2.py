@@ -257,3 +257,27 @@ def test_load_state_dict_names_problems():
     sd["encoder.src_word_emb.weight"] = np.zeros((10, 32), np.float32)
     with pytest.raises(KeyError, match="mel_linear.bias.*src_word_emb.weight: expected"):
         model.load_state_dict(sd)
+
+
+def test_fresh_bins_are_torch_linspace_bit_for_bit():
+    """The reference makes its bins with float32 torch.linspace; ours equal them exactly (a
+    float64 linspace cast to float32 differed in 56 of 255 LJSpeech pitch edges)."""
+    from fastcpu.models.fastspeech2 import linspace_f32
+    rng = np.random.default_rng(0)
+    ranges = [tuple(sorted(rng.normal(0, 5, 2))) for _ in range(200)] + [(0.0, 1.0), (-3, 3)]
+    for n in (2, 3, 16, 255, 256, 1001):
+        for lo, hi in ranges[:60] if n != 255 else ranges:
+            np.testing.assert_array_equal(linspace_f32(lo, hi, n),
+                                          torch.linspace(lo, hi, n).numpy(), f"{lo} {hi} {n}")
+    c = load_config("configs/ljspeech.yaml").model
+    ours = FastSpeech2(c).state_dict()
+    theirs = TorchFastSpeech2(c).state_dict()
+    for k in ("variance_adaptor.pitch_bins", "variance_adaptor.energy_bins"):
+        assert np.array_equal(ours[k], theirs[k].numpy()), k
+    # log quantization: the same float32 edges; exp correctly rounded, within torch's 1 ulp
+    lo, hi = 71.0, 800.0
+    theirs = torch.exp(torch.linspace(np.log(lo), np.log(hi), 255)).numpy()
+    ours = FastSpeech2(dataclasses.replace(c, pitch_quantization="log",
+                                           pitch_range=[lo, hi])).state_dict()
+    got = ours["variance_adaptor.pitch_bins"]
+    assert np.max(np.abs(got.view(np.int32) - theirs.view(np.int32))) <= 1

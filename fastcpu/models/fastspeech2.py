@@ -222,13 +222,36 @@ def _is_one(control):
     return np.ndim(control) == 0 and float(control) == 1.0
 
 
+def linspace_f32(lo, hi, n) -> np.ndarray:
+    """``torch.linspace(lo, hi, n)`` in float32, bit for bit: the step ``(end - start) / (n - 1)``
+    in float32, then ``start + step * i`` for the first half and ``end - step * (n - 1 - i)``
+    for the rest, each one fused multiply-add (torch's CPU kernel as compiled). The product of
+    two float32 values is exact in float64, so one float64 multiply-add rounded to float32 is
+    that FMA (checked against torch on hundreds of ranges in the tests)."""
+    f = np.float32
+    start, end = f(lo), f(hi)
+    if n == 1:
+        return np.array([start], f)
+    step = f(f(end - start) / f(n - 1))
+    i = np.arange(n, dtype=np.float64)
+    half = n // 2
+    s64 = np.float64(step)
+    return np.where(i < half, s64 * i + np.float64(start),
+                    -s64 * (n - 1 - i) + np.float64(end)).astype(f)
+
+
 def _bins(rng, n_bins, quantization):
+    """The reference's bin edges: ``torch.linspace`` (float32) of the range, or ``exp`` of it
+    over the log range. Linear edges are torch's bit for bit; log edges take the correctly
+    rounded ``exp`` of those float32 values, which torch's vectorised 1-ulp ``exp`` can miss by
+    one ulp in a few entries (and they travel in checkpoints, so only fresh models differ)."""
     lo, hi = rng
     if quantization == "log":
         if lo <= 0:
             raise ValueError(f"log quantization needs a positive minimum, got {lo}")
-        return np.exp(np.linspace(np.log(lo), np.log(hi), n_bins - 1)).astype(np.float32)
-    return np.linspace(lo, hi, n_bins - 1).astype(np.float32)
+        edges = linspace_f32(np.log(lo), np.log(hi), n_bins - 1)
+        return np.exp(edges.astype(np.float64)).astype(np.float32)
+    return linspace_f32(lo, hi, n_bins - 1)
 
 
 class PostNet(Module):
