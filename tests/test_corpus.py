@@ -54,7 +54,7 @@ def test_bundled_corpus_is_what_the_builder_makes():
     texts = sentences.generate(240, 0)[:6]
     for i, voice, text, wav, ivs in utterances(texts, ["en-us"]):
         base = f"ES{i + 1:04d}"
-        f = F.process_utterance(wav.astype(np.float32) / 32768.0, ivs)
+        f = F.process_utterance(F.peak_normalise(wav.astype(np.float32) / 32768.0), ivs)
         u = first[base]
         assert u.raw_text == text.lower()
         np.testing.assert_array_equal(
@@ -195,3 +195,52 @@ def test_builder_cli_refuses_to_clobber_and_rejects_bad_voice(tmp_path, capsys):
     assert build_main(["--out", str(tmp_path / "y"), "--n", "3", "--voices", "xx-nope"]) == 1
     assert "no voice 'xx-nope'" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def _rescaled_copy(raw, dst, peak):
+    """The raw corpus with every wav rewritten as float32 at the given peak."""
+    import shutil
+
+    from scipy.io import wavfile
+    shutil.copytree(raw, dst)
+    for p in (dst / "wavs").glob("*.wav"):
+        sr, x = wavfile.read(p)
+        x = x.astype(np.float32) / 32768.0
+        wavfile.write(p, sr, (x / np.abs(x).max() * np.float32(peak)).astype(np.float32))
+    return dst
+
+
+def test_preprocess_peak_normalises_each_wav_like_the_reference(built, tmp_path):
+    """The reference divides every wav by its peak before extracting features: the same wav at
+    peak 0.5 and at peak 1.0 gives the same log-mel; --no-peak-normalise keeps the level
+    (log-mel offset by log 0.5 where it is above the floor)."""
+    d, _ = built
+    half = _rescaled_copy(d / "raw", tmp_path / "half", 0.5)
+    full = _rescaled_copy(d / "raw", tmp_path / "full", 1.0)
+    args = ["--speaker", "espeak_en_us", "--val-size", "2", "--seed", "0", "--workers", "1"]
+    for src in (half, full):
+        assert preprocess_main(["--corpus", str(src), "--out", str(src) + "-out", *args]) == 0
+    assert preprocess_main(["--corpus", str(half), "--out", str(half) + "-raw", *args,
+                            "--no-peak-normalise"]) == 0
+    names = files(str(full) + "-out")
+    match, mismatch, errors = filecmp.cmpfiles(str(half) + "-out", str(full) + "-out", names,
+                                               shallow=False)
+    assert not mismatch and not errors, mismatch
+    base = sorted(p.name for p in Path(str(full) + "-out", "mel").iterdir())[0]
+    a = np.load(Path(str(full) + "-out", "mel", base))
+    b = np.load(Path(str(half) + "-raw", "mel", base))
+    loud = a > -9                                   # well above the log(1e-5) floor
+    assert loud.mean() > 0.3
+    np.testing.assert_allclose((b - a)[loud], np.log(0.5), atol=2e-3)
+    import json
+    mean_full = json.loads(Path(str(full) + "-out", "stats.json").read_text())["energy"][2]
+    mean_half = json.loads(Path(str(half) + "-raw", "stats.json").read_text())["energy"][2]
+    np.testing.assert_allclose(mean_half, 0.5 * mean_full, rtol=1e-4)   # energy: by the peak
+
+
+def test_peak_normalise_is_a_float_division_without_the_int16_wrap():
+    x = np.array([0.25, -0.5, 0.125], np.float32)
+    np.testing.assert_array_equal(F.peak_normalise(x), [0.5, -1.0, 0.25])
+    np.testing.assert_array_equal(F.peak_normalise(np.array([0.5, 0.25], np.float32)),
+                                  [1.0, 0.5])             # +full scale stays +1.0
+    np.testing.assert_array_equal(F.peak_normalise(np.zeros(4, np.float32)), np.zeros(4))

@@ -7,7 +7,8 @@
 Each sentence (from ``fastcpu.data.sentences`` or one per line of ``--sentences``) is spoken by
 the voices in turn; espeak-ng's phoneme events give every phoneme's exact sample position, the
 phonemes are mapped to the reference's ARPAbet symbols (``fastcpu.data.espeak.PHONE_MAP``) and
-the features are computed exactly as the reference does (``fastcpu.data.features``). Several
+the features are computed exactly as the reference does (``fastcpu.data.features``), from the
+peak-normalised wav as the reference's alignment preparation writes it. Several
 voices make a multi-speaker corpus (``speakers.json`` lists them). ``--raw`` also writes the
 utterances in the LJSpeech layout (``metadata.csv``, ``wavs/``, MFA-style ``TextGrid/``) so
 ``python -m fastcpu.preprocess`` can be checked against this builder. Output is deterministic:
@@ -93,7 +94,8 @@ def build(out, voices=("en-us",), n=240, val_size=16, seed=0, rate=None, mel_dty
         for i, voice, text, wav, ivs in utterances(texts, list(voices), rate):
             base = f"ES{i + 1:04d}"
             try:
-                feats = F.process_utterance(wav.astype(np.float32) / 32768.0, ivs)
+                feats = F.process_utterance(F.peak_normalise(wav.astype(np.float32) / 32768.0),
+                                             ivs)
             except F.SkipUtterance as e:
                 skipped.append((base, str(e)))
                 continue

@@ -159,6 +159,18 @@ def alignment(intervals):
     return phones[:end_idx], np.array(durs[:end_idx], dtype=np.int64), start_time, end_time
 
 
+def peak_normalise(wav: np.ndarray) -> np.ndarray:
+    """``wav / max(|wav|)`` in float32: the reference's alignment preparation
+    (``prepare_align``) rewrites every corpus wav as ``wav / max(|wav|) * 32768`` in int16 and
+    extracts its features from those files, so each utterance peaks at full scale whatever its
+    recording level. Done here as a float operation: no int16 rounding, and no wrap of the
+    positive full-scale sample (the reference's cast turns +32768 into -32768). A silent wav is
+    returned as it is."""
+    wav = np.asarray(wav, dtype=np.float32)
+    peak = np.float32(np.max(np.abs(wav))) if wav.size else np.float32(0)
+    return wav / peak if peak > 0 else wav
+
+
 @dataclass
 class Features:
     phones: list

@@ -3,13 +3,16 @@ the CPU (the reference's STFT is hard-wired to CUDA).
 
     python -m fastcpu.preprocess --corpus RAW --out DIR [--textgrids TG_DIR]
         [--speaker LJSpeech] [--val-size 512] [--seed 1234] [--workers N] [--overwrite]
+        [--no-peak-normalise]
 
 Input: ``RAW/metadata.csv`` (``id|raw text|normalised text``), ``RAW/wavs/<id>.wav`` and MFA
 TextGrids ``<id>.TextGrid`` (looked for in ``--textgrids``, else ``RAW/TextGrid``,
 ``RAW/TextGrid/<speaker>``). Utterances without a TextGrid are skipped and counted, as the
 reference does; MFA 2.x's empty intervals are silences (``sp``) instead of being dropped.
 Features are the reference's (``fastcpu.data.features``); a wav at another sample rate is
-resampled to 22050 Hz with a polyphase filter (the reference uses librosa's). Every bad input
+resampled to 22050 Hz with a polyphase filter (the reference uses librosa's). Each wav is first
+divided by its peak, as the reference's alignment preparation does before it extracts features
+(``wav / max|wav|``; ``--no-peak-normalise`` reads the wavs at their recorded level). Every bad input
 is one error naming the file (and line): a malformed metadata line, a missing wav, a TextGrid
 without a ``phones`` tier, a phone outside the 361-symbol table. Nothing is written unless the
 whole corpus succeeds.
@@ -82,14 +85,15 @@ def read_metadata(path) -> list:
 
 
 def _job(args):
-    base, wav_path, tg_path = args
+    base, wav_path, tg_path, normalise = args
     ivs = textgrid.phone_intervals(tg_path)
     for s, e, p in ivs:
         if p not in F.SILENCES and "@" + p not in SYMBOL_TO_ID:
             raise DataError(f"{tg_path}: unknown phone {p!r} at {s:.3f}-{e:.3f} s (not in the "
                             f"361-symbol table)")
     try:
-        return base, F.process_utterance(read_wav(wav_path), ivs), None
+        wav = read_wav(wav_path)
+        return base, F.process_utterance(F.peak_normalise(wav) if normalise else wav, ivs), None
     except F.SkipUtterance as e:
         return base, None, str(e)
 
@@ -103,7 +107,7 @@ def find_textgrid(base, dirs):
 
 
 def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, seed=1234,
-               workers=None, overwrite=False, log=print) -> dict:
+               workers=None, overwrite=False, log=print, peak_normalise=True) -> dict:
     corpus = Path(corpus)
     if not corpus.is_dir():
         raise DataError(f"{corpus}: corpus directory not found")
@@ -122,7 +126,7 @@ def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, se
         if tg is None:
             missing.append(base)
         else:
-            jobs.append((base, wav, tg))
+            jobs.append((base, wav, tg, peak_normalise))
     if not jobs:
         raise DataError(f"no TextGrids for any utterance of {corpus} (looked in "
                         f"{', '.join(str(d) for d in dirs)})")
@@ -161,12 +165,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1234, help="train/val split seed")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ap.add_argument("--no-peak-normalise", dest="peak_normalise", action="store_false",
+                    help="keep each wav's recorded level (default: divide it by its peak, as "
+                         "the reference's prepare_align step does)")
     a = ap.parse_args(argv)
     if a.val_size < 0 or (a.workers is not None and a.workers < 1):
         ap.error("--val-size must be >= 0 and --workers >= 1")
     try:
         s = preprocess(a.corpus, a.out, a.textgrids, a.speaker, a.val_size, a.seed,
-                       a.workers, a.overwrite)
+                       a.workers, a.overwrite, peak_normalise=a.peak_normalise)
     except DataError as e:                     # bad input: exit 2, as the trainer
         print(f"error: {e}", file=sys.stderr)
         return 2
