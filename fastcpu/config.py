@@ -356,3 +356,100 @@ def load_config(path=None, overrides=()) -> Config:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
     return from_dict(Config, data, where).validate()
+
+
+# ----------------------------------------------------------------------------- the reference's
+
+# (file, path of keys) in the reference's config/<Dataset>/{preprocess,model,train}.yaml ->
+# (section, key) here. The reference hard-codes the rest (PostNet 5 x 512, kernel 5, dropout
+# 0.5; 361 symbols; group_size 4; the Noam schedule with init_lr = encoder_hidden ** -0.5),
+# which are this project's defaults too.
+REFERENCE_KEYS = {
+    ("model", "transformer", "encoder_layer"): ("model", "encoder_layer"),
+    ("model", "transformer", "encoder_head"): ("model", "encoder_head"),
+    ("model", "transformer", "encoder_hidden"): ("model", "encoder_hidden"),
+    ("model", "transformer", "decoder_layer"): ("model", "decoder_layer"),
+    ("model", "transformer", "decoder_head"): ("model", "decoder_head"),
+    ("model", "transformer", "decoder_hidden"): ("model", "decoder_hidden"),
+    ("model", "transformer", "conv_filter_size"): ("model", "conv_filter_size"),
+    ("model", "transformer", "conv_kernel_size"): ("model", "conv_kernel_size"),
+    ("model", "transformer", "encoder_dropout"): ("model", "encoder_dropout"),
+    ("model", "transformer", "decoder_dropout"): ("model", "decoder_dropout"),
+    ("model", "variance_predictor", "filter_size"): ("model", "vp_filter_size"),
+    ("model", "variance_predictor", "kernel_size"): ("model", "vp_kernel_size"),
+    ("model", "variance_predictor", "dropout"): ("model", "vp_dropout"),
+    ("model", "variance_embedding", "pitch_quantization"): ("model", "pitch_quantization"),
+    ("model", "variance_embedding", "energy_quantization"): ("model", "energy_quantization"),
+    ("model", "variance_embedding", "n_bins"): ("model", "n_bins"),
+    ("model", "multi_speaker"): ("model", "multi_speaker"),
+    ("model", "max_seq_len"): ("model", "max_seq_len"),
+    ("preprocess", "preprocessing", "pitch", "feature"): ("model", "pitch_feature"),
+    ("preprocess", "preprocessing", "energy", "feature"): ("model", "energy_feature"),
+    ("preprocess", "preprocessing", "mel", "n_mel_channels"): ("model", "n_mel_channels"),
+    ("train", "optimizer", "batch_size"): ("train", "batch_size"),
+    ("train", "optimizer", "betas"): ("optimizer", "betas"),
+    ("train", "optimizer", "eps"): ("optimizer", "eps"),
+    ("train", "optimizer", "weight_decay"): ("optimizer", "weight_decay"),
+    ("train", "optimizer", "grad_clip_thresh"): ("optimizer", "grad_clip_thresh"),
+    ("train", "optimizer", "grad_acc_step"): ("optimizer", "grad_acc_step"),
+    ("train", "optimizer", "warm_up_step"): ("optimizer", "warm_up_step"),
+    ("train", "optimizer", "anneal_steps"): ("optimizer", "anneal_steps"),
+    ("train", "optimizer", "anneal_rate"): ("optimizer", "anneal_rate"),
+    ("train", "step", "total_step"): ("train", "total_step"),
+    ("train", "step", "log_step"): ("train", "log_step"),
+    ("train", "step", "val_step"): ("train", "val_step"),
+    ("train", "step", "save_step"): ("train", "save_step"),
+    ("train", "step", "synth_step"): ("train", "synth_step"),
+}
+REFERENCE_FILES = ("preprocess", "model", "train")
+# the reference's LJSpeech defaults for what the three files give
+REFERENCE_DATA_PATH = "./preprocessed_data/LJSpeech"
+
+
+def from_reference(directory) -> tuple:
+    """A config (as a dict of this project's sections) from the reference's three YAML files in
+    ``directory`` (``preprocess.yaml``, ``model.yaml``, ``train.yaml``, as in its
+    ``config/LJSpeech/``) -> (dict, notes). ``data.path`` is the reference's
+    ``path.preprocessed_path``, resolved against the reference checkout (two levels above the
+    directory, where its commands run) when it exists there; the pitch/energy ranges come from
+    its ``stats.json`` when that is found. A missing file or key is a ConfigError naming it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"--reference-config {directory}: not a directory (expected the "
+                          f"reference's config/<Dataset>/ with preprocess.yaml, model.yaml, "
+                          f"train.yaml)")
+    files = {}
+    for name in REFERENCE_FILES:
+        p = directory / f"{name}.yaml"
+        files[name] = load_yaml(p)
+    out = {"model": {}, "optimizer": {"schedule": "noam", "lr": None}, "train": {},
+           "data": {}}
+    notes = []
+    for src, (section, key) in REFERENCE_KEYS.items():
+        node = files[src[0]]
+        for k in src[1:]:
+            if not isinstance(node, dict) or k not in node:
+                raise ConfigError(f"{directory / (src[0] + '.yaml')}: missing "
+                                  f"{'.'.join(src[1:])} (the reference's {src[0]}.yaml has it)")
+            node = node[k]
+        out[section][key] = node
+    name = files["preprocess"].get("dataset")
+    if isinstance(name, str) and name:
+        out["name"] = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    pre = (files["preprocess"].get("path") or {}).get("preprocessed_path")
+    if isinstance(pre, str) and pre:
+        p = Path(pre)
+        if not p.is_absolute():
+            checkout = directory.resolve().parent.parent / p
+            p = checkout if checkout.exists() else p
+        out["data"]["path"] = str(p)
+        stats = p / "stats.json"
+        if stats.is_file():
+            import json
+            s = json.loads(stats.read_text())
+            out["model"]["pitch_range"] = [float(x) for x in s["pitch"][:2]]
+            out["model"]["energy_range"] = [float(x) for x in s["energy"][:2]]
+        else:
+            notes.append(f"{p}: no stats.json there; pitch/energy ranges are taken from the "
+                         f"checkpoint's bins")
+    return out, notes

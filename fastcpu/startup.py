@@ -132,8 +132,9 @@ def resolve_resume(target: str, log=print):
     except checkpoint.CheckpointError as e:
         raise UsageError(str(e)) from None
     if "config" not in meta or "state" not in meta:
-        raise UsageError(f"{path}: has weights but no training state to resume (a converted "
-                         f"reference checkpoint?); fine-tune from it with --init-from {path}")
+        raise UsageError(f"{path}: has weights but no training state to resume (a reference "
+                         f"checkpoint converted without its config?); fine-tune from it with "
+                         f"--init-from {path}, or convert it with --reference-config DIR")
     return path, tensors, meta
 
 

@@ -121,7 +121,11 @@ class Trainer:
         if meta.get("precision", "fp32") != self.cfg.train.precision:
             say(f"note: checkpoint was trained in {meta.get('precision', 'fp32')}, this run "
                 f"uses {self.cfg.train.precision} (weights and moments are fp32 either way)")
-        if meta.get("threads") != runtime.num_threads():
+        if meta.get("source") == "reference":
+            say(f"note: {path} was converted from a reference checkpoint: training continues "
+                f"at step {self.step} with its weights and Adam moments; the data order starts "
+                f"a new epoch (the reference does not record its own)")
+        elif meta.get("threads") != runtime.num_threads():
             say(f"note: checkpoint was written with {meta.get('threads')} threads, this run "
                 f"uses {runtime.num_threads()}: the continuation is correct but not "
                 f"bit-identical to an uninterrupted run")

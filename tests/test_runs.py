@@ -489,8 +489,9 @@ def test_a_converted_reference_checkpoint_fine_tunes_with_init_from(tmp_path):
     r = run_cli(*tiny(tmp_path, "--resume-from", str(conv), steps=2))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        f"error: {conv}: has weights but no training state to resume (a converted reference "
-        f"checkpoint?); fine-tune from it with --init-from {conv}"]
+        f"error: {conv}: has weights but no training state to resume (a reference checkpoint "
+        f"converted without its config?); fine-tune from it with --init-from {conv}, or "
+        f"convert it with --reference-config DIR"]
     r = run_cli(*tiny(tmp_path, "--init-from", str(conv), steps=3))
     assert r.returncode == 0, r.stderr
     assert max(train_losses(tmp_path / "tiny")) == 3

@@ -178,7 +178,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {a.out}: {s['utterances']} utterances ({s['hours']:.2f} h); "
-          f"{len(s['skipped'])} skipped, {len(s['missing_textgrid'])} without a TextGrid")
+          f"{len(s['skipped'])} skipped, {len(s['missing_textgrid'])} without a TextGrid; "
+          f"{'each wav divided by its peak' if a.peak_normalise else 'wavs at their recorded level'}")
     for base, why in s["skipped"][:20]:
         print(f"  skipped {base}: {why}")
     return 0

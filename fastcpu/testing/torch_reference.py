@@ -239,3 +239,98 @@ def torch_loss(out, mels, pitches, energies, durations):
     }
     terms["total"] = sum(terms[k] for k in ("mel", "postnet_mel", "pitch", "energy", "duration"))
     return terms
+
+
+class ScheduledOptim:
+    """The reference's optimizer wrapper (spec §4.1): ``torch.optim.Adam`` over
+    ``model.parameters()`` with the YAML's betas/eps/weight_decay (lr left at torch's default
+    until the first update); before each update ``current_step += 1`` and every group's ``lr``
+    becomes ``init_lr * min(step^-0.5, warm_up^-1.5 * step) * anneal`` — computed with numpy, so
+    the lr stored in ``state_dict()`` is a ``numpy.float64``, as in the reference's files."""
+
+    def __init__(self, model, opt_cfg, encoder_hidden, current_step=0):
+        self._optimizer = torch.optim.Adam(model.parameters(), betas=list(opt_cfg.betas),
+                                           eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+        self.n_warmup_steps = opt_cfg.warm_up_step
+        self.anneal_steps, self.anneal_rate = list(opt_cfg.anneal_steps), opt_cfg.anneal_rate
+        self.current_step = current_step
+        self.init_lr = np.power(encoder_hidden, -0.5)
+
+    def lr_scale(self):
+        s = self.current_step
+        lr = np.min([np.power(s, -0.5), np.power(self.n_warmup_steps, -1.5) * s])
+        for a in self.anneal_steps:
+            if s > a:
+                lr = lr * self.anneal_rate
+        return lr
+
+    def step_and_update_lr(self):
+        self.current_step += 1
+        lr = self.init_lr * self.lr_scale()
+        for g in self._optimizer.param_groups:
+            g["lr"] = lr
+        self._optimizer.step()
+
+    def zero_grad(self):
+        self._optimizer.zero_grad()
+
+
+def reference_train_step(model, optim, batch, clip=1.0):
+    """One step of the reference's train.py loop (grad_acc_step 1) on a batch dict of arrays
+    (texts, src_lens, mels, mel_lens, max_mel_len, pitches, energies, durations)."""
+    dtype = next(model.parameters()).dtype              # float64 models take float64 targets
+    t = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    t = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+         for k, v in t.items()}
+    out = model(t["texts"], t["src_lens"], t["mel_lens"], batch["max_mel_len"], t["pitches"],
+                t["energies"], t["durations"])
+    losses = torch_loss(out, t["mels"], t["pitches"], t["energies"], t["durations"])
+    losses["total"].backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optim.step_and_update_lr()
+    optim.zero_grad()
+    return losses
+
+
+def save_reference_checkpoint(path, model, optim):
+    """What the reference's train.py writes: the model's state_dict and the inner Adam's."""
+    torch.save({"model": model.state_dict(), "optimizer": optim._optimizer.state_dict()}, path)
+
+
+def write_reference_config(directory, cfg, preprocessed_path):
+    """The reference's ``preprocess.yaml`` / ``model.yaml`` / ``train.yaml`` for a
+    ``fastcpu.config.Config`` whose PostNet is the reference's hard-coded one."""
+    import yaml
+    from pathlib import Path
+    m, o, t = cfg.model, cfg.optimizer, cfg.train
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    files = {
+        "preprocess": {"dataset": cfg.name, "path": {"preprocessed_path": str(preprocessed_path)},
+                       "preprocessing": {"pitch": {"feature": m.pitch_feature,
+                                                   "normalization": True},
+                                         "energy": {"feature": m.energy_feature,
+                                                    "normalization": True},
+                                         "mel": {"n_mel_channels": m.n_mel_channels}}},
+        "model": {"transformer": {k: getattr(m, k) for k in (
+                      "encoder_layer", "encoder_head", "encoder_hidden", "decoder_layer",
+                      "decoder_head", "decoder_hidden", "conv_filter_size", "conv_kernel_size",
+                      "encoder_dropout", "decoder_dropout")},
+                  "variance_predictor": {"filter_size": m.vp_filter_size,
+                                         "kernel_size": m.vp_kernel_size, "dropout": m.vp_dropout},
+                  "variance_embedding": {"pitch_quantization": m.pitch_quantization,
+                                         "energy_quantization": m.energy_quantization,
+                                         "n_bins": m.n_bins},
+                  "multi_speaker": m.multi_speaker, "max_seq_len": m.max_seq_len},
+        "train": {"optimizer": {"batch_size": t.batch_size, "betas": list(o.betas), "eps": o.eps,
+                                "weight_decay": o.weight_decay,
+                                "grad_clip_thresh": o.grad_clip_thresh,
+                                "grad_acc_step": o.grad_acc_step, "warm_up_step": o.warm_up_step,
+                                "anneal_steps": list(o.anneal_steps),
+                                "anneal_rate": o.anneal_rate},
+                  "step": {k: getattr(t, k) for k in ("total_step", "log_step", "synth_step",
+                                                      "val_step", "save_step")}},
+    }
+    for name, data in files.items():
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return d
