@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from fastcpu.cli import add_version
+
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SIDES = ("fastcpu", "pytorch", "fastcpu-bf16", "pytorch-bf16")
 LABELS = {"fastcpu": "fastcpu fp32", "pytorch": "PyTorch fp32", "fastcpu-bf16": "fastcpu bf16",
@@ -218,7 +219,7 @@ def _child_rss(side: str, args) -> dict:
     cmd = [sys.executable, "-m", "fastcpu.bench", "--child", side, "--batch", str(args.batch),
            "--phonemes", args.phonemes, "--threads", str(args.threads), "--seed",
            str(args.seed), "--config", args.config, "--allow-openblas-env"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT))
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise BenchError(f"RSS child for {side} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -296,8 +297,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side (default 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "ljspeech.yaml"),
-                    help="model config (default configs/ljspeech.yaml)")
+    ap.add_argument("--config", default="ljspeech",
+                    help="model config: a YAML file or a bundled config's name (default "
+                         "ljspeech)")
+    add_version(ap)
     ap.add_argument("--json", help="also write the full record to this file")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     ap.add_argument("--allow-openblas-env", action="store_true",
@@ -324,9 +327,10 @@ def main(argv=None) -> int:
               f"measure anyway.", file=sys.stderr)
         return 2
     from fastcpu.config import ConfigError, load_config
+    from fastcpu.startup import UsageError, config_path
     try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
+        cfg = load_config(config_path(args.config))
+    except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     lo, hi = (int(v) for v in args.phonemes.split("-"))
@@ -473,4 +477,5 @@ def _table(rec) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

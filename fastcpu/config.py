@@ -453,3 +453,36 @@ def from_reference(directory) -> tuple:
             notes.append(f"{p}: no stats.json there; pitch/energy ranges are taken from the "
                          f"checkpoint's bins")
     return out, notes
+
+
+# ----------------------------------------------------------------------------- bundled configs
+
+def config_dir() -> Path:
+    """The configs that come with fastcpu: ``fastcpu/configs`` in an installed package (the
+    build copies the repository's top-level ``configs/`` there), else the checkout's own
+    ``configs/`` (a source tree or an editable install)."""
+    from importlib.resources import files
+    installed = Path(str(files("fastcpu"))) / "configs"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def bundled_configs() -> dict:
+    """name -> path of every bundled config, sorted by name."""
+    d = config_dir()
+    return {p.stem: p for p in sorted(d.glob("*.yaml"))} if d.is_dir() else {}
+
+
+def config_summary(path, width: int = 76) -> str:
+    """What a config is for: the first sentence of its leading comment, cut to ``width``."""
+    block = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line.startswith("#"):
+            break
+        block.append(line.lstrip("#").strip())
+    text = " ".join(block)
+    m = re.search(r"[.:;]( |$)", text)
+    text = text[:m.start()] if m else text
+    return text if len(text) <= width else text[:width - 1].rstrip() + "…"

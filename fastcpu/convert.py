@@ -363,6 +363,8 @@ def main(argv=None) -> int:
                                              "both file extensions).")
     ap.add_argument("src", help="input: *.pth.tar / *.pth (reference) or *.safetensors (fastcpu)")
     ap.add_argument("dst", help="output path")
+    from fastcpu.cli import add_version
+    add_version(ap)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--reference-config", metavar="DIR",
                    help="reference -> fastcpu: the reference's config/<Dataset>/ directory "
@@ -397,4 +399,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

@@ -200,6 +200,8 @@ def finished(s, proc) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastcpu.monitor",
                                  description=__doc__.split("\n\n")[0])
+    from fastcpu.cli import add_version
+    add_version(ap)
     ap.add_argument("run_dir", help="the run directory (contains metrics.jsonl)")
     ap.add_argument("--once", action="store_true", help="print once (plain text) and exit")
     ap.add_argument("--interval", type=float, default=2.0, help="refresh seconds")
@@ -249,4 +251,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

@@ -4,4 +4,5 @@ import sys
 from fastcpu.data.preprocess import main, preprocess  # noqa: F401
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

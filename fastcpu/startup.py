@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TERMS = ("mel", "postnet_mel", "pitch", "energy", "duration")
 MEL_TERMS = ("mel", "postnet_mel")             # means over frames; the others over phonemes
 
@@ -87,8 +86,12 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m fastcpu.train", description=doc.split("\n\n")[0],
                  epilog=doc.split("\n\n", 2)[2] + "\n" + config_keys_help(),
                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML config file, or the name of one in configs/ "
-                                     "(ljspeech, demo, stable, tiny); default: demo")
+    ap.add_argument("--config", help="YAML config file, or the name of a bundled one "
+                                     "(--list-configs); default: demo")
+    ap.add_argument("--list-configs", action="store_true",
+                    help="list the bundled configs and what each is for, then exit")
+    from fastcpu.cli import add_version
+    add_version(ap)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override any config value (repeatable), e.g. --set optimizer.lr=5e-5")
     for flag, (key, tp, hlp) in FLAGS.items():
@@ -139,17 +142,31 @@ def resolve_resume(target: str, log=print):
 
 
 def config_path(name):
-    """--config value -> file: a path as given, or a bare name ("stable") from configs/."""
+    """--config value -> file: a path as given, or the name of a bundled config ("stable")."""
+    from fastcpu.config import bundled_configs, config_dir
+    bundled = bundled_configs()
     if name is None:
-        p = REPO_CONFIGS / "demo.yaml"
-        if not p.is_file():
-            raise UsageError(f"no --config given and the default {p} is missing (install from a "
-                             f"source checkout with `pip install -e .`, or pass --config FILE)")
-        return p
+        if "demo" not in bundled:
+            raise UsageError(f"no --config given and the default demo.yaml is missing from "
+                             f"{config_dir()} (a broken install?); pass --config FILE")
+        return bundled["demo"]
     p = Path(name)
-    if not p.exists() and p.suffix == "" and (REPO_CONFIGS / f"{name}.yaml").is_file():
-        return REPO_CONFIGS / f"{name}.yaml"
+    if not p.exists() and p.suffix == "" and name in bundled:
+        return bundled[name]
+    if not p.exists() and p.suffix == "" and len(p.parts) == 1:
+        raise UsageError(f"--config {name}: no such file, and not a bundled config (those are: "
+                         f"{', '.join(bundled) or 'none'}; --list-configs describes them)")
     return p
+
+
+def list_configs() -> int:
+    from fastcpu.config import bundled_configs, config_dir, config_summary
+    configs = bundled_configs()
+    print(f"bundled configs ({config_dir()}); use --config NAME:")
+    width = max((len(n) for n in configs), default=0)
+    for name, path in configs.items():
+        print(f"  {name:<{width}}  {config_summary(path)}")
+    return 0
 
 
 def load_run_config(args, resume_meta=None):

@@ -33,7 +33,7 @@ import fastcpu
 from fastcpu.faults import Faults
 from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, RunLock, UsageError,  # noqa: F401
                              build_parser, check_data, claim_run_dir, detach, dry_run, fine_tune,
-                             load_run_config, open_data, resolve_resume)
+                             list_configs, load_run_config, open_data, resolve_resume)
 
 
 class NonFiniteStop(RuntimeError):
@@ -398,6 +398,8 @@ class Trainer:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(__doc__).parse_args(argv)
+    if args.list_configs:
+        return list_configs()
     lock = None
     try:
         resume = resolve_resume(args.resume_from) if args.resume_from else None
@@ -451,4 +453,5 @@ def _run(args, cfg, root, train, val, run_dir, resume, fault) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

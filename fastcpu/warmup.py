@@ -52,6 +52,8 @@ def tiny_step(threads=None, config=None):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastcpu.warmup", description=__doc__.split(
         "\n\n")[0])
+    from fastcpu.cli import add_version
+    add_version(ap)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     t = tiny_step(args.threads)
@@ -62,4 +64,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

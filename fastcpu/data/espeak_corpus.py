@@ -120,6 +120,8 @@ def build(out, voices=("en-us",), n=240, val_size=16, seed=0, rate=None, mel_dty
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastcpu.data.espeak_corpus",
                                  description=__doc__.split("\n\n")[0])
+    from fastcpu.cli import add_version
+    add_version(ap)
     ap.add_argument("--out", required=True, help="output directory (the preprocessed layout)")
     ap.add_argument("--voices", default="en-us",
                     help="comma-separated espeak-ng voices; several = multi-speaker "
@@ -157,4 +159,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

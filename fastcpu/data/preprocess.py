@@ -157,6 +157,8 @@ def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, se
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastcpu.preprocess",
                                  description=__doc__.split("\n\n")[0])
+    from fastcpu.cli import add_version
+    add_version(ap)
     ap.add_argument("--corpus", required=True, help="raw corpus (metadata.csv + wavs/)")
     ap.add_argument("--out", required=True, help="output directory (preprocessed layout)")
     ap.add_argument("--textgrids", help="directory of MFA TextGrids (<id>.TextGrid)")
@@ -186,4 +188,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastcpu.cli import entry
+    sys.exit(entry(main))
