@@ -12,8 +12,8 @@ reference does; MFA 2.x's empty intervals are silences (``sp``) instead of being
 Features are the reference's (``fastcpu.data.features``); a wav at another sample rate is
 resampled to 22050 Hz with a polyphase filter (the reference uses librosa's). Each wav is first
 divided by its peak, as the reference's alignment preparation does before it extracts features
-(``wav / max|wav|``; ``--no-peak-normalise`` reads the wavs at their recorded level). Every bad input
-is one error naming the file (and line): a malformed metadata line, a missing wav, a TextGrid
+(``wav / max|wav|``; ``--no-peak-normalise`` reads the wavs at their recorded level). Every
+bad input is one error naming the file (and line): a malformed metadata line, a missing wav, a TextGrid
 without a ``phones`` tier, a phone outside the 361-symbol table. Nothing is written unless the
 whole corpus succeeds.
 """
@@ -181,7 +181,8 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {a.out}: {s['utterances']} utterances ({s['hours']:.2f} h); "
           f"{len(s['skipped'])} skipped, {len(s['missing_textgrid'])} without a TextGrid; "
-          f"{'each wav divided by its peak' if a.peak_normalise else 'wavs at their recorded level'}")
+          + ("each wav divided by its peak" if a.peak_normalise
+             else "wavs at their recorded level"))
     for base, why in s["skipped"][:20]:
         print(f"  skipped {base}: {why}")
     return 0
