@@ -139,6 +139,13 @@ def cython_available() -> dict:
     return _cybuild.status()
 
 
+def _cython_variants() -> dict:
+    """Which build of each Cython kernel is loaded: native (a local -march=native build), or
+    the x86-64 level of a portable build (v4, v3, x86_64)."""
+    from fastcpu.kernels import CYTHON_KERNELS, _cybuild
+    return {n: _cybuild.variant(n) for n in CYTHON_KERNELS}
+
+
 def info() -> dict:
     """What this process runs on: BLAS library and kernel, Numba layer and threads, Cython build."""
     import numba
@@ -162,6 +169,7 @@ def info() -> dict:
         "kernel_threads": num_threads(),
         "threadpools": blas,
         "cython": cython_available(),
+        "cython_variant": _cython_variants(),
         "gemm": __import__("fastcpu.kernels.gemm", fromlist=["info"]).info(),
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                          if os.environ.get(k)},
@@ -187,7 +195,9 @@ def format_info(d: dict | None = None) -> str:
                                                if "onednn_isa" in g else "")
                  + f"; fp32 GEMMs on {g.get('fp32_engine')}")
     bad = {k: v for k, v in d["cython"].items() if v != "ok"}
-    lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}"))
+    variants = sorted({v for v in d.get("cython_variant", {}).values() if v})
+    lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}")
+                 + (f" ({'/'.join(variants)} build)" if variants else ""))
     if d["openblas_env"]:
         lines.append(f"note: {d['openblas_env']} set (slows OpenBLAS GEMM ~45%)")
     return "\n".join(lines)
