@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import pytest
 
+from fastcpu.startup import config_path
 from fastcpu import kernels
 from fastcpu.kernels import gemm
 
@@ -317,7 +318,7 @@ def test_full_size_model_bf16_against_fp32():
     from fastcpu.config import load_config
     from fastcpu.models import FastSpeech2, FastSpeech2Loss
     from fastcpu.nn import init
-    cfg = load_config("configs/ljspeech.yaml")
+    cfg = load_config(config_path("ljspeech"))
     b = bench.make_batch(8, (40, 60), 0)
     model = FastSpeech2(cfg.model)
     buf = nn.flatten_parameters(model)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastcpu.startup import config_path
 from fastcpu import nn
 from fastcpu.autograd import no_grad
 from fastcpu.config import ModelConfig, load_config
@@ -94,7 +95,7 @@ def check_parity(cfg, batch, seed, adam_steps=0):
             assert_close(p.grad, tgrads[n], 1e-3, f"grad {n}", floor=1e-3 * gmax)
     if adam_steps:
         before = {k: v.copy() for k, v in ours.state_dict().items()}
-        ocfg = load_config("configs/ljspeech.yaml").optimizer
+        ocfg = load_config(config_path("ljspeech")).optimizer
         opt = Adam(buf, ocfg, hidden=cfg.encoder_hidden)
         tparams = [p for p in theirs.parameters() if p.requires_grad]
         topt = torch.optim.Adam(tparams, lr=1e-3, betas=(0.9, 0.98), eps=1e-9)
@@ -142,7 +143,7 @@ def check_parity(cfg, batch, seed, adam_steps=0):
 
 
 def test_state_dict_and_parameter_count_of_ljspeech_config():
-    cfg = load_config("configs/ljspeech.yaml").model
+    cfg = load_config(config_path("ljspeech")).model
     ours = FastSpeech2(cfg)
     theirs = TorchFastSpeech2(cfg)
     sd, tsd = ours.state_dict(), theirs.state_dict()
@@ -157,7 +158,7 @@ def test_state_dict_and_parameter_count_of_ljspeech_config():
 
 def test_parity_full_ljspeech_size():
     """Full LJSpeech model, batch 4, <= 120 phonemes / <= 600 frames, 3 Noam clip+Adam steps."""
-    cfg = dataclasses.replace(load_config("configs/ljspeech.yaml").model, **NO_DROPOUT)
+    cfg = dataclasses.replace(load_config(config_path("ljspeech")).model, **NO_DROPOUT)
     batch = make_batch(np.random.default_rng(0), 4, 120, 600)
     check_parity(cfg, batch, seed=0, adam_steps=3)
 
@@ -269,7 +270,7 @@ def test_fresh_bins_are_torch_linspace_bit_for_bit():
         for lo, hi in ranges[:60] if n != 255 else ranges:
             np.testing.assert_array_equal(linspace_f32(lo, hi, n),
                                           torch.linspace(lo, hi, n).numpy(), f"{lo} {hi} {n}")
-    c = load_config("configs/ljspeech.yaml").model
+    c = load_config(config_path("ljspeech")).model
     ours = FastSpeech2(c).state_dict()
     theirs = TorchFastSpeech2(c).state_dict()
     for k in ("variance_adaptor.pitch_bins", "variance_adaptor.energy_bins"):

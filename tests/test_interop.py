@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastcpu.startup import config_path
 from fastcpu import checkpoint, nn
 from fastcpu.config import (Config, ModelConfig, OptimizerConfig, from_dict, from_reference,
                             load_config)
@@ -191,7 +192,7 @@ def test_reference_config_errors_name_the_file_and_key(tmp_path, capsys):
 
 def test_from_reference_reads_the_reference_ljspeech_files(tmp_path):
     """The reference's shipped LJSpeech values (spec §1) give this project's ljspeech.yaml."""
-    ours = load_config("configs/ljspeech.yaml")
+    ours = load_config(config_path("ljspeech"))
     d = write_reference_config(tmp_path / "config" / "LJSpeech", ours, "./preprocessed/none")
     data, notes = from_reference(d)
     got = from_dict(Config, data, "x").validate()

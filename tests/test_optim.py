@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from fastcpu.startup import config_path
 from fastcpu import nn
 from fastcpu.config import ModelConfig, OptimizerConfig, load_config
 from fastcpu.models import FastSpeech2
@@ -14,7 +15,7 @@ NOAM_TABLE = [(1, 2.4705e-7), (1000, 2.4705e-4), (4000, 9.8821e-4), (10000, 6.25
 
 @pytest.mark.parametrize("t,lr", NOAM_TABLE)
 def test_noam_matches_the_reference_table(t, lr):
-    s = Schedule(load_config("configs/ljspeech.yaml").optimizer, 256)
+    s = Schedule(load_config(config_path("ljspeech")).optimizer, 256)
     assert s(t) == pytest.approx(lr, rel=1e-4)
 
 
@@ -45,7 +46,7 @@ def test_adam_skips_nonfinite_without_advancing():
 
 
 def test_multi_speaker_adds_speaker_embedding_last():
-    cfg = load_config("configs/ljspeech.yaml", ["model.multi_speaker=true",
+    cfg = load_config(config_path("ljspeech"), ["model.multi_speaker=true",
                                                 "model.n_speakers=219"]).model
     m = FastSpeech2(cfg)
     assert list(m.state_dict())[-1] == "speaker_emb.weight"

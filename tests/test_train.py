@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastcpu.startup import config_path
 from fastcpu import checkpoint, tensorboard
 from fastcpu.train import main as train_main
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = str(REPO / "configs" / "tiny.yaml")
+TINY = str(config_path("tiny"))
 STEPS = 30
 
 
@@ -113,7 +113,7 @@ def test_tensorboard_reads_the_event_file(baseline):
 
 def test_profile_table_sums_to_the_step_time_and_trace_parses(tmp_path):
     """configs/demo.yaml (the default run): steps 2-3 profiled."""
-    r = run_cli("--config", str(REPO / "configs" / "demo.yaml"), "--output-dir", str(tmp_path),
+    r = run_cli("--config", str(config_path("demo")), "--output-dir", str(tmp_path),
                 "--max-steps", "4", "--profile-steps", "2", "--threads", "2")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "demo"
@@ -375,9 +375,9 @@ def test_help_documents_every_option_and_dry_run_plans(capsys, tmp_path):
 def test_configs_load():
     from fastcpu.config import load_config
     for name in ("ljspeech", "demo", "stable", "tiny"):
-        cfg = load_config(REPO / "configs" / f"{name}.yaml")
+        cfg = load_config(config_path(name))
         assert cfg.name
-    s = load_config(REPO / "configs" / "stable.yaml")
+    s = load_config(config_path("stable"))
     assert (s.optimizer.lr, s.train.batch_size, s.optimizer.grad_acc_step,
             s.optimizer.grad_clip_thresh, s.model.encoder_dropout) == (5e-5, 8, 4, 0.5, 0.2)
 

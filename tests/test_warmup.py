@@ -8,9 +8,10 @@ import time
 PROBE = r"""
 import time, sys
 import numpy as np
+from fastcpu.startup import config_path
 from fastcpu.config import load_config
 from fastcpu.warmup import tiny_step
-cfg = load_config("configs/ljspeech.yaml").model
+cfg = load_config(config_path("ljspeech")).model
 tiny_step(config=cfg)          # full-size model: build, forward, loss, backward, Adam, inference
 print("done")
 """
