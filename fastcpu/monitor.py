@@ -90,16 +90,31 @@ def summarize(records: list, window: int = 50) -> dict:
              avg={k: sum(r["loss"][k] for r in recent) / len(recent) for k in last["loss"]},
              step_ms=1e3 * sum(r["time"]["step"] for r in recent) / len(recent),
              frames_per_s=sum(r["frames_per_s"] for r in recent) / len(recent))
-    # steps/s from the wall-clock stamps of the recent steps (includes validation, saving)
-    t = [r for r in records if r.get("event") in ("train", "skip")][-window:]
-    stamps = [r["at"] for r in t if "at" in r]
-    if len(stamps) > 1 and stamps[-1] > stamps[0]:
-        s["steps_per_s"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    else:
-        s["steps_per_s"] = 1e3 / s["step_ms"] if s["step_ms"] else 0.0
-    if s["total_step"] and s["steps_per_s"]:
-        s["eta_s"] = (s["total_step"] - s["step"]) / s["steps_per_s"]
+    # steps/s and ETA from the wall-clock stamps of this process's steps, as the trainer does
+    seg = records[last_start + 1:]
+    stamps = [(r["at"], r["step"]) for r in seg if r.get("event") in ("train", "skip")
+              and isinstance(r.get("at"), (int, float)) and isinstance(r.get("step"), int)]
+    rate, eta = rate_and_eta(stamps, s["total_step"], window)
+    if rate is None:                  # one step so far: its time includes the compile
+        rate = 1e3 / s["step_ms"] if s["step_ms"] else 0.0
+    s["steps_per_s"] = rate
+    if eta is not None:
+        s["eta_s"] = eta
     return s
+
+
+def rate_and_eta(stamps: list, total_step, window: int = 50):
+    """(steps/s, seconds left) from ``(time, step)`` stamps of a process's step ends, oldest
+    first; the trainer's console and the monitor both use this. The first stamp is only a
+    starting point: the first step of a process includes compiling the kernels (~30 s on a cold
+    cache), so it is never counted. Wall-clock time, so validation and checkpoints are in the
+    rate. (None, None) until two stamps exist."""
+    stamps = stamps[-(window + 1):]
+    if len(stamps) < 2 or stamps[-1][0] <= stamps[0][0] or stamps[-1][1] <= stamps[0][1]:
+        return None, None
+    rate = (stamps[-1][1] - stamps[0][1]) / (stamps[-1][0] - stamps[0][0])
+    eta = max(0, total_step - stamps[-1][1]) / rate if total_step else None
+    return rate, eta
 
 
 def hms(x) -> str:

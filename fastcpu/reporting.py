@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 import fastcpu
-from fastcpu.monitor import hms
+from fastcpu.monitor import hms, rate_and_eta
+
+COLOURS = {"warning": "33", "error": "31", "best": "32", "note": "36"}
 
 
 def gib(n) -> str:
@@ -64,6 +66,33 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
     return "\n".join(lines)
 
 
+def fit(text: str, width: int) -> str:
+    """One terminal line: ``text`` cut to ``width`` columns (with an ellipsis)."""
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def kernel_cache_warm() -> bool:
+    """Whether Numba's cache already holds compiled fastcpu kernels (index files next to the
+    sources, under NUMBA_CACHE_DIR, or in the per-user cache Numba falls back to when the
+    package directory is read-only). A cold cache means ~30 s of compiling before step 1."""
+    import os
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    if env:                                   # Numba then caches there alone
+        roots, places = [Path(env)], []
+    else:
+        roots = [Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+                 / "numba"]
+        places = [Path(fastcpu.__file__).resolve().parent / "kernels" / "__pycache__"]
+    for d in roots:
+        if d.is_dir():
+            places += [p for p in d.rglob("*kernels*") if p.is_dir()]
+    n = 0
+    for d in places:
+        if d.is_dir():
+            n += sum(1 for _ in d.glob("*.nbi"))
+    return n >= 20
+
+
 def rss_now():
     """(resident set size, its high-water mark) of this process in bytes (VmRSS, VmHWM)."""
     got = {}
@@ -85,6 +114,9 @@ class Reporter:
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
+        self.colour = self.tty and not os.environ.get("NO_COLOR")
+        self.bar = None                  # tqdm progress bar on a terminal
+        self.stamps = []                 # (time, step) of this process's step ends
         self.tb = None
         self.t_start, self.steps_at_start = time.time(), 0
         # train.log: the console text, also for foreground runs (a detached run's console is
@@ -97,34 +129,67 @@ class Reporter:
         from fastcpu import tensorboard
         self.tb = tensorboard.SummaryWriter(self.run_dir / "tb")
         self.t_start, self.steps_at_start = time.time(), step
+        self.stamps = []
+        if not kernel_cache_warm():
+            self.say("compiling kernels (first run, about 30 s; `python -m fastcpu.warmup` "
+                     "does it ahead)")
+
+    def end_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def close(self) -> None:
+        self.end_progress()
         if self.tb:
             self.tb.close()
 
     # -- text -------------------------------------------------------------------------------
-    def say(self, text: str) -> None:
+    def say(self, text: str, short: str | None = None) -> None:
+        """A message: in full to train.log and to pipes; on a terminal ``short`` (or the text)
+        cut to its width, above the progress bar."""
         if self.tty:
-            self.out.write("\r\033[K")
-        print(text, file=self.out, flush=True)
+            import textwrap
+            w = self._width()
+            lines = [fit(short, w)] if short else [
+                part for line in text.split("\n") for part in
+                (textwrap.wrap(line, w, subsequent_indent="    ", break_on_hyphens=False)
+                 or [""])]
+            shown = "\n".join(self.paint(line) for line in lines)
+        else:
+            shown = text
+        if self.bar is not None:
+            self.bar.write(shown, file=self.out)        # above the bar, which is redrawn
+        else:
+            print(shown, file=self.out, flush=True)
         self._to_log(text)
+
+    def paint(self, text: str) -> str:
+        """Colour on a terminal (warnings yellow, errors red, a new best green); none in
+        files, pipes or with NO_COLOR."""
+        if not self.colour:
+            return text
+        kind = next((k for k in ("warning", "error", "note") if text.startswith(k + ":")),
+                    "best" if text.endswith("*best*") else None)
+        return f"\033[{COLOURS[kind]}m{text}\033[0m" if kind else text
 
     def _to_log(self, text: str) -> None:
         if self.log_path is not None and self.run_dir.is_dir():
             with open(self.log_path, "a") as f:
                 f.write(text + "\n")
 
-    def log_event(self, rec: dict) -> None:
+    def log_event(self, rec: dict) -> dict:
         rec = {"at": round(time.time(), 3), **rec}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+        return rec
 
     # -- a training step --------------------------------------------------------------------
     def step(self, rec: dict, step: int) -> None:
         """metrics.jsonl always; TensorBoard and a console line every ``train.log_step``."""
         c = self.cfg.train
         rec["rss"], rec["peak_rss"] = rss_now()
-        self.log_event(rec)
+        self.stamps.append((self.log_event(rec)["at"], step))
         self.memory(rec, step)
         logged = step % c.log_step == 0 or step == 1
         if rec["event"] != "skip" and logged and self.tb:
@@ -135,30 +200,50 @@ class Reporter:
         self.progress(rec, step)
 
     def progress(self, rec: dict, step: int) -> None:
+        """On a terminal one tqdm bar line, updated in place and cut to the terminal's width
+        (never wrapping), with a plain record above it every ``log_step``; elsewhere only the
+        plain records."""
         c = self.cfg.train
         if rec["event"] == "skip":
             self.say(f"step {rec['step']}: skipped ({rec['reason']}, {rec['in_a_row']} in a "
                      f"row)")
             return
-        rate = (step - self.steps_at_start) / max(time.time() - self.t_start, 1e-9)
-        eta = (c.total_step - step) / rate if rate > 0 else float("inf")
+        rate, eta = rate_and_eta(self.stamps, c.total_step)
         lo = rec["loss"]
+        terms = (f"mel {lo['mel']:.3f} post {lo['postnet_mel']:.3f} d {lo['duration']:.3f} "
+                 f"p {lo['pitch']:.3f} e {lo['energy']:.3f}")
         text = (f"step {step}/{c.total_step} ep {rec['epoch']} loss {lo['total']:.4f} "
-                f"(mel {lo['mel']:.3f} post {lo['postnet_mel']:.3f} d {lo['duration']:.3f} "
-                f"p {lo['pitch']:.3f} e {lo['energy']:.3f}) lr {rec['lr']:.2e} "
-                f"|g| {rec['grad_norm']:.2f} {rec['time']['step'] * 1e3:.0f} ms "
-                f"{rec['frames_per_s']:.0f} fr/s ETA {hms(eta)}")
+                f"({terms}) lr {rec['lr']:.2e} |g| {rec['grad_norm']:.2f} "
+                f"{rec['time']['step'] * 1e3:.0f} ms {rec['frames_per_s']:.0f} fr/s "
+                f"ETA {hms(eta)}")
+        logged = step % c.log_step == 0 or step == 1
         if self.tty:
-            frac = step / c.total_step
-            bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-            self.out.write(f"\r\033[K[{bar}] {text}")
-            self.out.flush()
-            if step % c.log_step == 0:
-                self.out.write("\n")
-        elif step % c.log_step == 0 or step == 1:
+            self._bar(step, f"ETA {hms(eta)} · "
+                      + (f"{rate:.2f} steps/s · " if rate else "")
+                      + f"loss {lo['total']:.4f} · {terms} · lr {rec['lr']:.1e}")
+            if logged:                   # a short record above the bar, within the width
+                short = (f"step {step}/{c.total_step} loss {lo['total']:.4f} ETA {hms(eta)} "
+                         f"({terms})")
+                self.bar.write(self.paint(fit(short, self._width())), file=self.out)
+        elif logged:
             print(text, file=self.out, flush=True)
-        if step % c.log_step == 0 or step == 1:
+        if logged:
             self._to_log(text)
+
+    def _width(self) -> int:
+        import shutil
+        return shutil.get_terminal_size((80, 24)).columns
+
+    def _bar(self, step: int, text: str) -> None:
+        from tqdm import tqdm
+        total = self.cfg.train.total_step
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=step, file=self.out, dynamic_ncols=True,
+                            bar_format="step {n_fmt}/{total_fmt} {bar:16} {desc}", leave=True,
+                            colour="green" if self.colour else None, mininterval=0)
+        self.bar.n = step
+        self.bar.set_description_str(text, refresh=False)
+        self.bar.refresh()
 
     def memory(self, rec: dict, step: int) -> None:
         """Once, after the first steps (the compile is over): the banner's plan against the
@@ -180,10 +265,15 @@ class Reporter:
         v = rec["loss"]
         if self.tb:
             self.tb.add_scalars("val", v, rec["step"])
-        self.say(f"validation @ step {rec['step']}: loss {v['total']:.4f} "
-                 f"(mel {v['mel']:.4f}, postnet {v['postnet_mel']:.4f}, "
-                 f"pitch {v['pitch']:.4f}, energy {v['energy']:.4f}, "
-                 f"duration {v['duration']:.4f}){'  *best*' if improved else ''}")
+        best = "  *best*" if improved else ""
+        full = (f"validation @ step {rec['step']}: loss {v['total']:.4f} "
+                f"(mel {v['mel']:.4f}, postnet {v['postnet_mel']:.4f}, "
+                f"pitch {v['pitch']:.4f}, energy {v['energy']:.4f}, "
+                f"duration {v['duration']:.4f}){best}")
+        short = (f"val @ {rec['step']}: loss {v['total']:.4f} (mel {v['mel']:.3f} "
+                 f"post {v['postnet_mel']:.3f} d {v['duration']:.3f} p {v['pitch']:.3f} "
+                 f"e {v['energy']:.3f}){best}")
+        self.say(full, short)
 
     def sample(self, model, b, step: int) -> None:
         """Mel image (target over prediction) and Griffin-Lim audio of the first utterance of a

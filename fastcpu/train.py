@@ -303,6 +303,7 @@ class Trainer:
                 self.report.step(rec, self.step)
                 if not self._after_step(rec, epoch_end):
                     break
+            self.report.end_progress()                   # the bar stays where it ended
             return self._finish()
         except SecondSignal as e:
             prof.close()
