@@ -174,10 +174,11 @@ class TrainState:
 KINDS = ("step", "epoch", "best", "final", "interrupted", "emergency")
 
 
-def find(path, log=None) -> list:
+def find(path, log=None, resumable=False) -> list:
     """Checkpoint files under a run or checkpoint directory, newest (highest step) first;
     files whose header cannot be read last (``log`` says so); what is not a file (a dangling
-    link, a directory) is passed over with a note."""
+    link, a directory) is passed over with a note. ``resumable``: without the weights-only
+    files (``best`` by default)."""
     path = Path(path)
     d = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = []
@@ -187,7 +188,10 @@ def find(path, log=None) -> list:
                 log(f"note: {p} is not a checkpoint file (a dangling link?); passed over")
             continue
         try:
-            found.append((int(peek_meta(p)["state"]["step"]), p.stat().st_mtime, p))
+            meta = peek_meta(p)
+            if resumable and meta.get("weights_only"):
+                continue
+            found.append((int(meta["state"]["step"]), p.stat().st_mtime, p))
         except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError, struct.error):
             if log:
                 log(f"warning: {p}: header unreadable (corrupted?); tried last")
@@ -221,7 +225,7 @@ def resolve(target, log=print):
         return p, t, m
     if not p.is_dir():
         raise CheckpointError(f"--resume-from {p}: no such file or directory")
-    cands = find(p, log)
+    cands = find(p, log, resumable=True)
     for c in cands:
         try:
             t, m = load(c)

@@ -295,6 +295,8 @@ class TrainConfig:
     threads: int = 0                        # 0: every core
     output_dir: str = "runs"                # the run lives in output_dir/<name>
     keep_last: int = 3                      # periodic + epoch checkpoints kept (0: all)
+    epoch_save: int = 1                     # an epoch checkpoint every N epochs (0: none)
+    best_with_optimizer: bool = False       # best.safetensors also keeps Adam's moments
     early_stop_patience: int = 0            # validations without improvement; 0: off
     divergence_ratio: float = 2.0           # warn when val loss > ratio x train loss; 0: off
     max_nonfinite: int = 5                  # non-finite steps in a row before stopping
@@ -307,7 +309,8 @@ class TrainConfig:
     def validate(self, where="train"):
         _positive(self, where, "batch_size", "group_size", "total_step", "log_step", "val_step",
                   "save_step", "synth_step", "max_nonfinite")
-        for k in ("num_epochs", "threads", "keep_last", "early_stop_patience", "profile_steps"):
+        for k in ("num_epochs", "threads", "keep_last", "early_stop_patience", "profile_steps",
+                  "epoch_save"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{where}.{k}: must be >= 0, got {getattr(self, k)}")
         if self.divergence_ratio < 0:

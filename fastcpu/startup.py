@@ -134,6 +134,10 @@ def resolve_resume(target: str, log=print):
         path, tensors, meta = checkpoint.resolve(target, log)
     except checkpoint.CheckpointError as e:
         raise UsageError(str(e)) from None
+    if meta.get("weights_only"):
+        raise UsageError(f"{path}: holds the weights only (a best checkpoint, unless "
+                         f"train.best_with_optimizer is on); resume from a step, epoch or final "
+                         f"checkpoint of the run, or fine-tune from this one with --init-from")
     if "config" not in meta or "state" not in meta:
         raise UsageError(f"{path}: has weights but no training state to resume (a reference "
                          f"checkpoint converted without its config?); fine-tune from it with "
@@ -351,8 +355,8 @@ def claim_run_dir(run_dir: Path, args, log=print, check_only=False):
     if resuming_here:
         return None
     if args.resume == "auto":     # continue from its newest checkpoint; none yet: start it
-        return str(run_dir) if checkpoint.find(run_dir) else None
-    newest = next((p for p in checkpoint.find(run_dir)), None)
+        return str(run_dir) if checkpoint.find(run_dir, resumable=True) else None
+    newest = next((p for p in checkpoint.find(run_dir, resumable=True)), None)
     what = "no checkpoint"
     if newest is not None:
         try:

@@ -97,13 +97,18 @@ class Trainer:
         st = state or self.snapshot()[0]
         if kind != "emergency":
             self.faults.at("in-save", st.step)
+        weights_only = kind == "best" and not self.cfg.train.best_with_optimizer
         meta = {"kind": kind, "state": st.to_meta(), "config": to_dict(self.cfg),
                 "fastcpu_version": fastcpu.__version__, "threads": runtime.num_threads(),
                 "precision": self.cfg.train.precision,
                 "optimizer_step": self.opt.t, "saved_at": time.time()}
         if reason:
             meta["reason"] = reason
-        path = self.ckpts.save(kind, self.model, self.opt, meta, epoch)
+        if weights_only:            # for selection and synthesis; a run resumes from the others
+            meta["weights_only"] = True
+            del meta["optimizer_step"]
+        path = self.ckpts.save(kind, self.model, None if weights_only else self.opt, meta,
+                               epoch)
         self.report.log_event({"event": "checkpoint", "kind": kind, "step": st.step,
                                "path": str(path)})
         return path
@@ -337,9 +342,11 @@ class Trainer:
         if self.step % c.val_step == 0 or finished_epoch:
             if not self.run_validation("epoch" if finished_epoch else "step"):
                 return False
-        if self.step % c.save_step == 0:
+        last = self._done()                      # "final" follows at once: no duplicate
+        if self.step % c.save_step == 0 and not last:
             self.save("step")
-        if epoch_end is not None:
+        if epoch_end is not None and c.epoch_save and (epoch_end + 1) % c.epoch_save == 0 \
+                and not last:
             self.save("epoch", epoch=epoch_end)
         if c.early_stop_patience and st.bad_vals >= c.early_stop_patience:
             self.report.say(f"early stopping: no validation improvement in {st.bad_vals} "
@@ -367,7 +374,7 @@ class Trainer:
 
     def _stop_now(self, name: str) -> int:
         from fastcpu import checkpoint
-        newest = next(iter(checkpoint.find(self.run_dir)), None)
+        newest = next(iter(checkpoint.find(self.run_dir, resumable=True)), None)
         self.report.say(f"second {name}: stopped at once, nothing saved for the step under way; "
                         f"newest checkpoint: {newest or 'none'}")
         self.report.log_event({"event": "end", "status": "stopped", "signal": name,

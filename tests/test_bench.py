@@ -6,6 +6,7 @@ import numpy as np
 
 from fastcpu import bench
 from fastcpu.config import load_config
+from fastcpu.startup import config_path
 
 
 def test_batch_is_seeded_ragged_and_consistent():
@@ -19,7 +20,7 @@ def test_batch_is_seeded_ragged_and_consistent():
 
 
 def test_step_flops_of_the_ljspeech_model():
-    cfg = load_config(str(bench.ROOT / "configs" / "ljspeech.yaml")).model
+    cfg = load_config(config_path("ljspeech")).model
     batch = bench.make_batch(16, (60, 120), 0)
     f = bench.step_flops(cfg, batch)
     # a conv's share alone: decoder FFN k=9 convs, 6 layers x 2*B*T*256*1024*9 x 3

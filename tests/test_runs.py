@@ -660,3 +660,36 @@ def test_each_place_after_the_update_saves_that_steps_state(tmp_path, place):
     r = run_cli(*tiny(out, *sched, "--resume-from", str(ck), steps=18))
     assert r.returncode == 0, r.stderr
     assert train_losses(out / "tiny") == train_losses(tmp_path / "base" / "tiny")
+
+
+# run size: best is weights-only by default; no periodic file duplicates final
+def test_resume_from_every_kept_checkpoint_is_bit_exact_and_best_is_weights_only(tmp_path):
+    every = ("--set", "train.save_step=10", "--set", "train.keep_last=2", "--set",
+             "train.epoch_save=2", "--batch-size", "16")          # 14 steps an epoch
+    base = run_cli(*tiny(tmp_path / "base", *every))
+    assert base.returncode == 0, base.stderr
+    ck = tmp_path / "base" / "tiny" / "checkpoints"
+    kept = sorted(p.name for p in ck.glob("*.safetensors"))
+    # 30 steps: step-10, step-20 (step-30 would duplicate final), the second epoch's end
+    assert kept == ["best.safetensors", "epoch-0001.safetensors", "final.safetensors",
+                    "step-00000010.safetensors", "step-00000020.safetensors"], kept
+    t, meta = checkpoint.load(ck / "best.safetensors")
+    assert meta["weights_only"] and not [k for k in t if k.startswith("optim/")]
+    assert (ck / "best.safetensors").stat().st_size < 0.5 * (ck / "final.safetensors").stat(
+        ).st_size
+    want, _ = checkpoint.load(ck / "final.safetensors")
+    for name in kept:
+        if name in ("best.safetensors", "final.safetensors"):
+            continue
+        out = tmp_path / name
+        r = run_cli(*tiny(out, "--resume-from", str(ck / name), *every))
+        assert r.returncode == 0, (name, r.stderr)
+        got, _ = checkpoint.load(out / "tiny" / "checkpoints" / "final.safetensors")
+        assert all(np.array_equal(got[k], want[k]) for k in want), name
+        assert train_losses(out / "tiny") == {s: v for s, v in train_losses(
+            tmp_path / "base" / "tiny").items() if s >= min(train_losses(out / "tiny"))}
+    r = run_cli(*tiny(tmp_path / "b", "--resume-from", str(ck / "best.safetensors")))
+    assert r.returncode == 2
+    assert "holds the weights only" in r.stderr and "--init-from" in r.stderr
+    r = run_cli(*tiny(tmp_path / "c", "--init-from", str(ck / "best.safetensors"), steps=2))
+    assert r.returncode == 0, r.stderr

@@ -319,6 +319,12 @@ def test_no_arguments_trains_the_demo_config_on_the_bundled_corpus(tmp_path):
     assert np.mean([losses[s] for s in range(381, 401)]) < 0.5 * np.mean(
         [losses[s] for s in range(1, 21)])
     assert (run / "checkpoints" / "final.safetensors").exists()
+    # the run stays small: the newest step file and final with Adam's state, best weights-only
+    size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+    assert size <= 60 * 2 ** 20, size
+    kept = sorted(p.name for p in (run / "checkpoints").glob("*.safetensors"))
+    assert kept == ["best.safetensors", "final.safetensors", "step-00000300.safetensors"], kept
+    assert checkpoint.peek_meta(run / "checkpoints" / "best.safetensors")["weights_only"]
 
 
 BAD = [
