@@ -66,6 +66,64 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
     return "\n".join(lines)
 
 
+class Board:
+    """TensorBoard through tensorboardX. ``tb/train`` and ``tb/val`` are two runs with the same
+    tags (``loss/total``, ``loss/mel``, ...), so TensorBoard draws train and validation in one
+    chart, as the reference's logs do; ``tb/train`` also has ``lr``, ``grad_norm`` and
+    ``frames_per_s`` and the resolved config as text; samples (``mel`` figure,
+    ``audio/prediction``, ``audio/target``) go to ``tb/val``; when the run closes, the config
+    as hparams (``tb/train/hparams``) with the best and the last validation loss."""
+
+    def __init__(self, root: Path, cfg, step: int):
+        from tensorboardX import SummaryWriter
+        self.cfg = cfg
+        self.train = SummaryWriter(str(root / "train"))
+        self.val = SummaryWriter(str(root / "val"))
+        import yaml
+
+        from fastcpu.config import to_dict
+        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        self.train.add_text("config", "    " + text.replace("\n", "\n    "), step)
+
+    def train_step(self, rec: dict, step: int) -> None:
+        for k, v in rec["loss"].items():
+            self.train.add_scalar(f"loss/{k}", v, step)
+        for k in ("lr", "grad_norm", "frames_per_s"):
+            self.train.add_scalar(k, rec[k], step)
+        self.train.flush()
+
+    def validation(self, losses: dict, step: int) -> None:
+        for k, v in losses.items():
+            self.val.add_scalar(f"loss/{k}", v, step)
+        self.val.flush()
+
+    def sample(self, rgb, audio: dict, sr: int, step: int) -> None:
+        self.val.add_image("mel", rgb, step, dataformats="HWC")
+        for kind, wav in audio.items():
+            self.val.add_audio(f"audio/{kind}", np.clip(wav, -1, 1), step, sample_rate=sr)
+        self.val.flush()
+
+    def close(self, best_val=None, last_val=None) -> None:
+        from fastcpu.config import to_dict
+        flat = {}
+
+        def walk(d, prefix):
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    flat[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) \
+                        else str(v)
+        walk(to_dict(self.cfg), "")
+        metrics = {f"hparam/{k}": float(v) for k, v in (("best_val_loss", best_val),
+                                                          ("last_val_loss", last_val))
+                   if v is not None and np.isfinite(v)}
+        if metrics:
+            self.train.add_hparams(flat, metrics, name="hparams")
+        self.train.close()
+        self.val.close()
+
+
 def fit(text: str, width: int) -> str:
     """One terminal line: ``text`` cut to ``width`` columns (with an ellipsis)."""
     return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
@@ -126,8 +184,7 @@ class Reporter:
 
     # -- lifetime ---------------------------------------------------------------------------
     def open(self, step: int) -> None:
-        from fastcpu import tensorboard
-        self.tb = tensorboard.SummaryWriter(self.run_dir / "tb")
+        self.tb = Board(self.run_dir / "tb", self.cfg, step)
         self.t_start, self.steps_at_start = time.time(), step
         self.stamps = []
         if not kernel_cache_warm():
@@ -139,10 +196,11 @@ class Reporter:
             self.bar.close()
             self.bar = None
 
-    def close(self) -> None:
+    def close(self, best_val=None, last_val=None) -> None:
         self.end_progress()
         if self.tb:
-            self.tb.close()
+            self.tb.close(best_val, last_val)
+            self.tb = None
 
     # -- text -------------------------------------------------------------------------------
     def say(self, text: str, short: str | None = None) -> None:
@@ -193,10 +251,7 @@ class Reporter:
         self.memory(rec, step)
         logged = step % c.log_step == 0 or step == 1
         if rec["event"] != "skip" and logged and self.tb:
-            self.tb.add_scalars("train", rec["loss"], step)
-            for k in ("lr", "grad_norm", "frames_per_s"):
-                self.tb.add_scalar(f"train/{k}", rec[k], step)
-            self.tb.flush()
+            self.tb.train_step(rec, step)
         self.progress(rec, step)
 
     def progress(self, rec: dict, step: int) -> None:
@@ -264,7 +319,7 @@ class Reporter:
         self.log_event(rec)
         v = rec["loss"]
         if self.tb:
-            self.tb.add_scalars("val", v, rec["step"])
+            self.tb.validation(v, rec["step"])
         best = "  *best*" if improved else ""
         full = (f"validation @ step {rec['step']}: loss {v['total']:.4f} "
                 f"(mel {v['mel']:.4f}, postnet {v['postnet_mel']:.4f}, "
@@ -276,9 +331,13 @@ class Reporter:
         self.say(full, short)
 
     def sample(self, model, b, step: int) -> None:
-        """Mel image (target over prediction) and Griffin-Lim audio of the first utterance of a
-        validation batch, teacher-forced, to TensorBoard and samples/."""
-        from fastcpu import tensorboard
+        """The first utterance of a validation batch, teacher-forced: a mel figure (target over
+        prediction, time in seconds, frequency in Hz, colour bar) and Griffin-Lim audio of both
+        the prediction and the target (the same reconstruction, so only the mel differs; no
+        per-file normalisation), to samples/ and TensorBoard."""
+        from scipy.io import wavfile
+
+        from fastcpu import plots
         from fastcpu.autograd import no_grad
         from fastcpu.data import features
         one = b.one(0)
@@ -289,16 +348,19 @@ class Reporter:
         finally:
             model.train()
         pred, target = out.postnet_mel.numpy()[0, :one.max_mel_len], one.mels[0]
-        img = tensorboard.mel_image(target, pred)
-        wav = features.griffin_lim(pred)
+        uid = one.ids[0]
+        fig = plots.mel_figure(target, pred, f"{uid}, step {step} (validation, teacher-forced)")
+        audio = {"prediction": features.griffin_lim(pred, normalise=False),
+                 "target": features.griffin_lim(np.asarray(target, np.float32),
+                                                normalise=False)}
         d = self.run_dir / "samples"
         d.mkdir(exist_ok=True)
-        (d / f"step-{step:08d}-{one.ids[0]}.png").write_bytes(tensorboard.png(img))
-        (d / f"step-{step:08d}-{one.ids[0]}.wav").write_bytes(
-            tensorboard.wav_bytes(wav, features.SR))
+        (d / f"step-{step:08d}-{uid}.png").write_bytes(plots.to_png(fig))
+        for kind, wav in audio.items():
+            pcm = (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
+            wavfile.write(d / f"step-{step:08d}-{uid}-{kind}.wav", features.SR, pcm)
         if self.tb:
-            self.tb.add_image("val/mel_target_over_prediction", img, step)
-            self.tb.add_audio("val/griffin_lim", wav, features.SR, step)
+            self.tb.sample(plots.to_rgb(fig), audio, features.SR, step)
 
     # -- profile ----------------------------------------------------------------------------
     def profile(self, prof, steps: int, step: int) -> None:

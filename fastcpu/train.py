@@ -73,7 +73,7 @@ class Trainer:
         self.state = checkpoint.TrainState()
         self.faults = fault if isinstance(fault, Faults) else Faults(fault)
         self.step_delay, self.stop_signal, self.in_update = step_delay, None, False
-        self.last_val_step = -1
+        self.last_val_step, self.last_val = -1, None
         if resume is not None:
             self._load(*resume)
 
@@ -261,6 +261,7 @@ class Trainer:
             return False
         vals, first = res
         st.pending_val, self.last_val_step = False, self.step
+        self.last_val = vals["total"]
         improved = vals["total"] < st.best_val
         rec = {"event": "val", "step": self.step, "epoch": self.batcher.epoch, "why": why,
                "loss": vals, "seconds": time.perf_counter() - t0}
@@ -323,7 +324,7 @@ class Trainer:
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
-            self.report.close()
+            self.report.close(self.state.best_val, self.last_val)
 
     def _done(self) -> bool:
         c = self.cfg.train

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastcpu.startup import config_path
-from fastcpu import checkpoint, tensorboard
+from fastcpu import checkpoint
 from fastcpu.train import main as train_main
 
 TINY = str(config_path("tiny"))
@@ -68,47 +68,56 @@ def test_run_learns_and_writes_metrics_tensorboard_checkpoints_samples(baseline)
     assert rec["lr"] > 0 and rec["grad_norm"] > 0 and rec["frames_per_s"] > 0
     vals = records(run, "val")
     assert vals and all(np.isfinite(v["loss"]["total"]) for v in vals)
-    # TensorBoard: scalars for train and val, a mel image and Griffin-Lim audio
-    (ev_file,) = (run / "tb").glob("events.out.tfevents.*")
-    events = tensorboard.read_events(ev_file)
-    assert events[0]["file_version"] == "brain.Event:2"
-    scal = {(t, e["step"]) for e in events for t in e["scalars"]}
-    assert ("train/total", 1) in scal and ("train/lr", 10) in scal and ("val/total", 30) in scal
-    images = [e["images"] for e in events if e["images"]]
-    audio = [e["audio"] for e in events if e["audio"]]
-    assert images and audio
-    h, w, png = next(iter(images[-1].values()))
-    assert png.startswith(b"\x89PNG") and h > 80 and w > 10
-    sr, n, wav = next(iter(audio[-1].values()))
-    assert sr == 22050 and n > 1000 and wav[:4] == b"RIFF"
     # checkpoints load, samples exist, the plain (non-terminal) log has no carriage returns
     ck = run / "checkpoints"
     for name in ("final", "best", "step-00000025"):
         _, meta = weights(ck / f"{name}.safetensors")
         assert meta["fastcpu_version"] and meta["threads"] == 2 and meta["config"]["name"]
-    assert list((run / "samples").glob("*.wav")) and list((run / "samples").glob("*.png"))
+    pngs = sorted((run / "samples").glob("*.png"))
+    assert pngs and pngs[-1].read_bytes().startswith(b"\x89PNG")
+    for kind in ("prediction", "target"):           # both through the same Griffin-Lim
+        (wav,) = (run / "samples").glob(f"step-{STEPS:08d}-*-{kind}.wav")
+        from scipy.io import wavfile
+        sr, x = wavfile.read(wav)
+        assert sr == 22050 and x.dtype == np.int16 and len(x) > 1000
     assert "\r" not in r.stdout and "step 10/30" in r.stdout
     assert "memory: weights" in r.stdout and "blas:" in r.stdout
 
 
-def test_tensorboard_reads_the_event_file(baseline):
-    """TensorBoard's own reader (not just ours) parses scalars, the image and the audio."""
+def test_tensorboard_shows_train_and_validation_as_two_runs_with_the_same_tags(baseline):
+    """TensorBoard's own reader: tb/train and tb/val carry loss/* under the same tags (one chart
+    overlays them), train also lr and grad norm and the config as text; the samples' mel
+    figure and both audios in val; the config as hparams."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run, _ = baseline
-    (ev_file,) = (run / "tb").glob("events.out.tfevents.*")
-    ea = EventAccumulator(str(ev_file), size_guidance={"images": 0, "audio": 0, "scalars": 0})
-    ea.Reload()
-    tags = ea.Tags()
-    assert {"train/total", "train/lr", "train/grad_norm", "val/total", "val/mel"} <= set(
-        tags["scalars"])
-    total = ea.Scalars("train/total")
+
+    def load(sub):
+        ea = EventAccumulator(str(run / "tb" / sub), size_guidance={
+            "images": 0, "audio": 0, "scalars": 0, "tensors": 0})
+        ea.Reload()
+        return ea
+    train, val = load("train"), load("val")
+    terms = {f"loss/{k}" for k in ("total", "mel", "postnet_mel", "pitch", "energy",
+                                   "duration")}
+    assert terms | {"lr", "grad_norm", "frames_per_s"} <= set(train.Tags()["scalars"])
+    assert terms <= set(val.Tags()["scalars"])
+    total = train.Scalars("loss/total")
     ours = train_losses(run)
     assert [e.step for e in total] == [1, 10, 20, 30]
     assert all(abs(e.value - ours[e.step]) <= 1e-5 * abs(ours[e.step]) for e in total)
-    (img,) = ea.Images("val/mel_target_over_prediction")[-1:]
-    assert img.encoded_image_string.startswith(b"\x89PNG") and img.height > 80
-    (aud,) = ea.Audio("val/griffin_lim")[-1:]
-    assert aud.sample_rate == 22050 and aud.content_type == "audio/wav"
+    vals = {r["step"]: r["loss"]["total"] for r in records(run, "val")}
+    got = {e.step: e.value for e in val.Scalars("loss/total")}
+    assert got.keys() == vals.keys() and all(abs(got[k] - vals[k]) <= 1e-5 * vals[k]
+                                             for k in got)
+    (img,) = val.Images("mel")[-1:]
+    assert img.encoded_image_string.startswith(b"\x89PNG") and img.width > 500
+    for kind in ("prediction", "target"):
+        (aud,) = val.Audio(f"audio/{kind}")[-1:]
+        assert aud.sample_rate == 22050
+    (text,) = train.Tensors("config/text_summary")
+    assert b"encoder_hidden: 32" in text.tensor_proto.string_val[0]
+    hp = load("train/hparams")
+    assert {"hparam/best_val_loss", "hparam/last_val_loss"} <= set(hp.Tags()["scalars"])
 
 
 def test_profile_table_sums_to_the_step_time_and_trace_parses(tmp_path):

@@ -214,10 +214,12 @@ def istft(spec: np.ndarray, length: int) -> np.ndarray:
     return out[N_FFT // 2:N_FFT // 2 + length]
 
 
-def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0) -> np.ndarray:
+def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0,
+                normalise: bool = True) -> np.ndarray:
     """Log-mel [T, 80] -> float32 waveform: linear magnitude from the filter bank's
     pseudo-inverse (clipped at 0), phase by Griffin-Lim. For listening to samples, not a
-    vocoder."""
+    vocoder. ``normalise``: scaled to a 0.9 peak; else at the level the mel gives (the corpus
+    wavs are peak-normalised, so about [-1, 1])."""
     fb = mel_filterbank().astype(np.float64)
     mag = np.maximum(np.linalg.pinv(fb) @ np.exp(np.asarray(log_mel, np.float64).T), 0.0)
     length = HOP * (mag.shape[1] - 1)
@@ -227,4 +229,6 @@ def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0) -> np.ndar
         spec = stft(y)[:, :mag.shape[1]]
         y = istft(mag * np.exp(1j * np.angle(spec)), length)
     peak = np.max(np.abs(y)) if len(y) else 0.0
+    if not normalise:
+        return y.astype(np.float32)
     return (y / peak * 0.9 if peak > 0 else y).astype(np.float32)
