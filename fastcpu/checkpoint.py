@@ -257,6 +257,21 @@ class Series:
             self.retain(kind)
         return path
 
+    def slim_periodic(self) -> int:
+        """Rewrite the step and epoch files weights-only (their Adam moments dropped), for a
+        finished run that resumes from ``final``; -> how many were rewritten."""
+        n = 0
+        for kind in ("step", "epoch"):
+            for p in sorted(self.dir.glob(f"{kind}-*.safetensors")):
+                tensors, meta = load(p)
+                if meta.get("weights_only"):
+                    continue
+                meta["weights_only"] = True
+                meta.pop("optimizer_step", None)
+                save(p, {k: v for k, v in tensors.items() if not k.startswith("optim/")}, meta)
+                n += 1
+        return n
+
     def retain(self, kind: str) -> None:
         if self.keep_last <= 0:
             return

@@ -297,6 +297,7 @@ class TrainConfig:
     keep_last: int = 3                      # periodic + epoch checkpoints kept (0: all)
     epoch_save: int = 1                     # an epoch checkpoint every N epochs (0: none)
     best_with_optimizer: bool = False       # best.safetensors also keeps Adam's moments
+    slim_after_final: bool = False          # at a clean end, step/epoch files keep weights only
     early_stop_patience: int = 0            # validations without improvement; 0: off
     divergence_ratio: float = 2.0           # warn when val loss > ratio x train loss; 0: off
     max_nonfinite: int = 5                  # non-finite steps in a row before stopping

@@ -208,6 +208,31 @@ def render_plain(run: Path, s: dict, proc: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def plot(run: Path, log: Path, out: Path) -> int:
+    if not log.is_file():
+        print(f"error: {log}: no such file (is {run} a fastcpu run directory?)",
+              file=sys.stderr)
+        return 2
+    from fastcpu import plots
+    recs = read_log(log)
+    curves = {}
+    for event in ("train", "val"):
+        rs = [r for r in recs if r.get("event") == event and isinstance(r.get("loss"), dict)
+              and isinstance(r.get("step"), int)]
+        curves[event] = {k: ([r["step"] for r in rs if k in r["loss"]],
+                             [r["loss"][k] for r in rs if k in r["loss"]])
+                         for k in (rs[0]["loss"] if rs else {})}
+    if not curves["train"]:
+        print(f"error: {log}: no training steps recorded yet", file=sys.stderr)
+        return 2
+    name = next((r.get("name") for r in recs if r.get("event") == "start"), None) or run.name
+    last = max(curves["train"]["total"][0])
+    fig = plots.loss_figure(curves["train"], curves["val"], f"{name}: {last} steps")
+    out.write_bytes(plots.to_png(fig))
+    print(f"wrote {out}")
+    return 0
+
+
 def finished(s, proc) -> bool:
     return bool(s["end"]) or (proc or {}).get("alive") is False
 
@@ -220,9 +245,14 @@ def main(argv=None) -> int:
     ap.add_argument("run_dir", help="the run directory (contains metrics.jsonl)")
     ap.add_argument("--once", action="store_true", help="print once (plain text) and exit")
     ap.add_argument("--interval", type=float, default=2.0, help="refresh seconds")
+    ap.add_argument("--plot", metavar="PNG",
+                    help="draw the run's loss curves (train and validation, each term) to this "
+                         "PNG and exit")
     a = ap.parse_args(argv)
     run = Path(a.run_dir)
     log = run / "metrics.jsonl"
+    if a.plot:
+        return plot(run, log, Path(a.plot))
     while not log.is_file() and run_process(run).get("alive"):    # a run still starting up
         time.sleep(0.5)
     if not log.is_file():

@@ -277,8 +277,7 @@ class Trainer:
         self.report.validation(rec, improved)
         if improved:
             self.save("best")
-        if first is not None and (why in ("end", "epoch") or
-                                  self.step % self.cfg.train.synth_step == 0):
+        if first is not None and (why == "end" or self.step % self.cfg.train.synth_step == 0):
             self.report.sample(self.model, first, self.step)
         return True
 
@@ -343,11 +342,9 @@ class Trainer:
         if self.step % c.val_step == 0 or finished_epoch:
             if not self.run_validation("epoch" if finished_epoch else "step"):
                 return False
-        last = self._done()                      # "final" follows at once: no duplicate
-        if self.step % c.save_step == 0 and not last:
+        if self.step % c.save_step == 0:
             self.save("step")
-        if epoch_end is not None and c.epoch_save and (epoch_end + 1) % c.epoch_save == 0 \
-                and not last:
+        if epoch_end is not None and c.epoch_save and (epoch_end + 1) % c.epoch_save == 0:
             self.save("epoch", epoch=epoch_end)
         if c.early_stop_patience and st.bad_vals >= c.early_stop_patience:
             self.report.say(f"early stopping: no validation improvement in {st.bad_vals} "
@@ -369,6 +366,11 @@ class Trainer:
                 self.last_val_step != self.step:
             self.run_validation("end")
         path = self.save("final")
+        if self.cfg.train.slim_after_final:
+            n = self.ckpts.slim_periodic()
+            if n:
+                say(f"note: {n} step/epoch checkpoint(s) now keep the weights only (train."
+                    f"slim_after_final): the finished run resumes from final")
         say(f"done: {self.step} steps; final checkpoint {path}")
         log({"event": "end", "status": "done", "step": self.step})
         return 0

@@ -50,11 +50,13 @@ def test_bundled_corpus_is_what_the_builder_makes():
     first = {u.basename: u for s in ("train.txt", "val.txt")
              for u in PreprocessedCorpus(BUNDLED_CORPUS, s).utts}
     from fastcpu.data import sentences
-    from fastcpu.data.espeak_corpus import utterances
+    from fastcpu.data.espeak_corpus import ESPEAK_PITCH, ESPEAK_PITCH_RANGE, utterances
     texts = sentences.generate(240, 0)[:6]
-    for i, voice, text, wav, ivs in utterances(texts, ["en-us"]):
+    for i, voice, text, wav, ivs in utterances(texts, ["en-us"],
+                                               pitch_range=ESPEAK_PITCH_RANGE):
         base = f"ES{i + 1:04d}"
-        f = F.process_utterance(F.peak_normalise(wav.astype(np.float32) / 32768.0), ivs)
+        f = F.process_utterance(F.peak_normalise(wav.astype(np.float32) / 32768.0), ivs,
+                                ESPEAK_PITCH)
         u = first[base]
         assert u.raw_text == text.lower()
         np.testing.assert_array_equal(
@@ -121,8 +123,9 @@ def _rewrite_textgrids(raw, mfa2):
 def test_preprocess_reproduces_the_builder_features(built, tmp_path):
     d, _ = built
     out = tmp_path / "pre"
+    from fastcpu.data.espeak_corpus import ESPEAK_PITCH
     s = preprocess(d / "raw", out, speaker="espeak_en_us", val_size=2, seed=0, workers=2,
-                   log=None)
+                   log=None, pitch_opts=ESPEAK_PITCH)
     assert s["utterances"] == 10 and not s["missing_textgrid"]
     names = files(d / "out")
     assert files(out) == names
@@ -133,7 +136,15 @@ def test_preprocess_reproduces_the_builder_features(built, tmp_path):
     _rewrite_textgrids(d / "raw", mfa2=True)
     out2 = tmp_path / "pre2"
     preprocess(d / "raw", out2, textgrids=d / "raw" / "TG2", speaker="espeak_en_us",
-               val_size=2, seed=0, workers=1, log=None)
+               val_size=2, seed=0, workers=1, log=None, pitch_opts=ESPEAK_PITCH)
+    # and from the command line, with the builder's pitch options as flags
+    out3 = tmp_path / "pre3"
+    assert preprocess_main(["--corpus", str(d / "raw"), "--out", str(out3), "--speaker",
+                            "espeak_en_us", "--val-size", "2", "--seed", "0", "--pitch",
+                            "harvest", "--f0-range", "60", "400",
+                            "--unvoiced-from-alignment"]) == 0
+    match, mismatch, errors = filecmp.cmpfiles(d / "out", out3, names, shallow=False)
+    assert not mismatch and not errors, mismatch
     match, mismatch, errors = filecmp.cmpfiles(d / "out", out2, names, shallow=False)
     assert not mismatch and not errors, mismatch
 

@@ -328,12 +328,21 @@ def test_no_arguments_trains_the_demo_config_on_the_bundled_corpus(tmp_path):
     assert np.mean([losses[s] for s in range(381, 401)]) < 0.5 * np.mean(
         [losses[s] for s in range(1, 21)])
     assert (run / "checkpoints" / "final.safetensors").exists()
+    # the loss falls without spikes, and the validation pitch loss clearly below step 100's
+    tot = np.array([losses[s] for s in range(1, 401)])
+    med = np.array([np.median(tot[max(0, i - 20):i + 20]) for i in range(400)])
+    assert (tot / med)[20:].max() < 2.0, (tot / med)[20:].max()
+    val = {r["step"]: r["loss"]["pitch"] for r in records(run, "val")}
+    last = [val[s] for s in sorted(val)[-3:]]
+    assert np.mean(last) < 0.85 * val[100], (val[100], last)
     # the run stays small: the newest step file and final with Adam's state, best weights-only
     size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
     assert size <= 60 * 2 ** 20, size
     kept = sorted(p.name for p in (run / "checkpoints").glob("*.safetensors"))
-    assert kept == ["best.safetensors", "final.safetensors", "step-00000300.safetensors"], kept
-    assert checkpoint.peek_meta(run / "checkpoints" / "best.safetensors")["weights_only"]
+    assert kept == ["best.safetensors", "final.safetensors", "step-00000400.safetensors"], kept
+    for name in ("best", "step-00000400"):          # weights for selection; resume from final
+        assert checkpoint.peek_meta(run / "checkpoints" / f"{name}.safetensors")["weights_only"]
+    assert "optimizer_step" in checkpoint.peek_meta(run / "checkpoints" / "final.safetensors")
 
 
 BAD = [

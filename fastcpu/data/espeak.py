@@ -73,7 +73,7 @@ _EV_END_LIST, _EV_PHONEME = 0, 7
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INIT_PHONEME_EVENTS, _INIT_DONT_EXIT = 0x0001, 0x8000
 _POS_CHARACTER, _CHARS_UTF8 = 1, 1
-_RATE = 1
+_RATE, _PITCH, _RANGE = 1, 3, 4        # espeak_PARAMETER: rate (wpm), base pitch, pitch range
 _lock = threading.Lock()
 
 
@@ -121,11 +121,15 @@ class Espeak:
             i += 1
         return 0
 
-    def set_voice(self, voice: str, rate: int | None = None) -> None:
+    def set_voice(self, voice: str, rate: int | None = None, pitch: int | None = None,
+                  pitch_range: int | None = None) -> None:
+        """``rate`` in words per minute; ``pitch`` (base pitch) and ``pitch_range`` (how far
+        the intonation moves) on espeak-ng's 0-100 scales (its defaults: 50 and 50)."""
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise EspeakError(f"espeak-ng has no voice {voice!r}")
-        if rate is not None:
-            self.lib.espeak_SetParameter(_RATE, int(rate), 0)
+        for param, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, pitch_range)):
+            if value is not None:
+                self.lib.espeak_SetParameter(param, int(value), 0)
         self.voice = voice
 
     def synth(self, text: str):

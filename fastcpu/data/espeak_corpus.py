@@ -7,8 +7,12 @@
 Each sentence (from ``fastcpu.data.sentences`` or one per line of ``--sentences``) is spoken by
 the voices in turn; espeak-ng's phoneme events give every phoneme's exact sample position, the
 phonemes are mapped to the reference's ARPAbet symbols (``fastcpu.data.espeak.PHONE_MAP``) and
-the features are computed exactly as the reference does (``fastcpu.data.features``), from the
-peak-normalised wav as the reference's alignment preparation writes it. Several
+the features are computed as the reference does (``fastcpu.data.features``), from the
+peak-normalised wav as the reference's alignment preparation writes it, except the pitch
+(``ESPEAK_PITCH``): harvest over 60-400 Hz with the unvoiced phones marked from the exact
+alignment, because dio's errors on synthetic speech put some phones 37 sigma from the mean
+(``--reference-pitch`` keeps the reference's dio). espeak-ng speaks with an intonation range of
+100 (of 100) instead of its nearly monotone default 50. Several
 voices make a multi-speaker corpus (``speakers.json`` lists them). ``--raw`` also writes the
 utterances in the LJSpeech layout (``metadata.csv``, ``wavs/``, MFA-style ``TextGrid/``) so
 ``python -m fastcpu.preprocess`` can be checked against this builder. Output is deterministic:
@@ -46,12 +50,12 @@ def _engine():
 
 def _synth(job):
     """In the synthesis process: speak one sentence with one voice."""
-    voice, rate, text = job
-    _engine().set_voice(voice, rate)
+    voice, prosody, text = job
+    _engine().set_voice(voice, *prosody)
     return _engine().synth(text)
 
 
-def utterances(texts, voices, rate=None):
+def utterances(texts, voices, rate=None, pitch=None, pitch_range=None):
     """Yield (index, voice, text, int16 wav, [(start_s, end_s, phone)]) for each sentence.
 
     espeak-ng keeps state across utterances in its process (sample positions drift by a few
@@ -62,7 +66,8 @@ def utterances(texts, voices, rate=None):
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
         for voice in voices:           # fail early on an unknown voice
             ex.submit(_check_voice, voice).result()
-        jobs = [(voices[i % len(voices)], rate, t) for i, t in enumerate(texts)]
+        prosody = (rate, pitch, pitch_range)
+        jobs = [(voices[i % len(voices)], prosody, t) for i, t in enumerate(texts)]
         for i, ((voice, _, text), (wav, events)) in enumerate(
                 zip(jobs, ex.map(_synth, jobs, chunksize=4))):
             if not events:
@@ -79,8 +84,18 @@ def speaker_name(voice: str) -> str:
     return "espeak_" + "".join(c if c.isalnum() else "_" for c in voice)
 
 
+# Pitch for espeak-ng's voices: dio finds spurious 300-530 Hz F0 in the noise of HH/SH/F and
+# at voicing offsets of synthetic speech (up to 37 sigma from the mean after normalisation);
+# harvest over the voices' range with the unvoiced phones marked from the exact alignment
+# leaves a few phones beyond 4 sigma (rising list and question intonation).
+ESPEAK_PITCH = F.PitchOptions(method="harvest", f0_range=(60.0, 400.0),
+                              unvoiced_from_alignment=True)
+ESPEAK_PITCH_RANGE = 100          # espeak-ng's intonation range, 0-100 (its default 50)
+
+
 def build(out, voices=("en-us",), n=240, val_size=16, seed=0, rate=None, mel_dtype="float32",
-          sentences=None, raw=None, overwrite=False, log=print) -> dict:
+          sentences=None, raw=None, overwrite=False, log=print, pitch_range=ESPEAK_PITCH_RANGE,
+          pitch_opts=ESPEAK_PITCH) -> dict:
     texts = list(sentences) if sentences is not None else S.generate(n, seed)
     texts = texts[:n]
     if raw is not None:
@@ -91,11 +106,12 @@ def build(out, voices=("en-us",), n=240, val_size=16, seed=0, rate=None, mel_dty
     skipped = []
     t0 = time.time()
     with CorpusWriter(out, overwrite=overwrite, mel_dtype=mel_dtype) as w:
-        for i, voice, text, wav, ivs in utterances(texts, list(voices), rate):
+        for i, voice, text, wav, ivs in utterances(texts, list(voices), rate,
+                                                   pitch_range=pitch_range):
             base = f"ES{i + 1:04d}"
             try:
                 feats = F.process_utterance(F.peak_normalise(wav.astype(np.float32) / 32768.0),
-                                             ivs)
+                                             ivs, pitch_opts)
             except F.SkipUtterance as e:
                 skipped.append((base, str(e)))
                 continue
@@ -130,6 +146,12 @@ def main(argv=None) -> int:
     ap.add_argument("--val-size", type=int, default=16, help="utterances in val.txt")
     ap.add_argument("--seed", type=int, default=0, help="sentence and split seed")
     ap.add_argument("--rate", type=int, default=None, help="speaking rate, words per minute")
+    ap.add_argument("--pitch-range", type=int, default=ESPEAK_PITCH_RANGE,
+                    help=f"espeak-ng's intonation range, 0-100 (default {ESPEAK_PITCH_RANGE}; "
+                         f"espeak-ng's own default is 50, nearly monotone)")
+    ap.add_argument("--reference-pitch", action="store_true",
+                    help="pitch exactly as the reference extracts it (dio 71-800 Hz) instead of "
+                         "harvest 60-400 Hz with the unvoiced phones marked from the alignment")
     ap.add_argument("--mel-dtype", choices=("float32", "float16"), default="float32")
     ap.add_argument("--sentences", help="text file, one sentence per line (default: generated)")
     ap.add_argument("--raw", help="also write wavs + TextGrids + metadata.csv here")
@@ -147,7 +169,9 @@ def main(argv=None) -> int:
             ap.error(f"--sentences {p}: no sentences")
     try:
         s = build(a.out, [v.strip() for v in a.voices.split(",") if v.strip()], a.n,
-                  a.val_size, a.seed, a.rate, a.mel_dtype, sents, a.raw, a.overwrite)
+                  a.val_size, a.seed, a.rate, a.mel_dtype, sents, a.raw, a.overwrite,
+                  pitch_range=a.pitch_range,
+                  pitch_opts=F.REFERENCE_PITCH if a.reference_pitch else ESPEAK_PITCH)
     except (DataError, EspeakError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -116,12 +116,54 @@ def pyworld():
     return pw
 
 
-def pitch(wav: np.ndarray) -> np.ndarray:
-    """Frame-level F0 in Hz (0 = unvoiced): dio at a frame period of one hop + stonemask."""
+@dataclass(frozen=True)
+class PitchOptions:
+    """How frame-level F0 is found. The defaults are the reference's: pyworld ``dio`` with its
+    default search range (71-800 Hz) and ``stonemask``. ``harvest`` is pyworld's slower, more
+    robust estimator; ``f0_range`` bounds the search to the speaker's range;
+    ``unvoiced_from_alignment`` marks the frames of phones that are unvoiced by definition
+    (S SH F TH HH T K P CH) as unvoiced, where estimators find spurious F0 in noise."""
+    method: str = "dio"
+    f0_range: tuple = (71.0, 800.0)
+    unvoiced_from_alignment: bool = False
+
+    def __post_init__(self):
+        if self.method not in ("dio", "harvest"):
+            raise ValueError(f"pitch method: expected dio or harvest, got {self.method!r}")
+        lo, hi = self.f0_range
+        if not 0 < lo < hi:
+            raise ValueError(f"f0 range: expected 0 < LO < HI, got {lo} {hi}")
+
+
+REFERENCE_PITCH = PitchOptions()
+UNVOICED = frozenset({"S", "SH", "F", "TH", "HH", "T", "K", "P", "CH"})
+
+
+def pitch(wav: np.ndarray, opts: PitchOptions = REFERENCE_PITCH) -> np.ndarray:
+    """Frame-level F0 in Hz (0 = unvoiced) at a frame period of one hop: dio + stonemask (the
+    reference), or harvest + stonemask."""
     pw = pyworld()
     x = np.ascontiguousarray(wav, dtype=np.float64)
-    f0, t = pw.dio(x, SR, frame_period=HOP / SR * 1000)
+    lo, hi = (float(v) for v in opts.f0_range)
+    period = HOP / SR * 1000
+    if opts.method == "harvest":
+        f0, t = pw.harvest(x, SR, f0_floor=lo, f0_ceil=hi, frame_period=period)
+    elif opts == REFERENCE_PITCH:
+        f0, t = pw.dio(x, SR, frame_period=period)      # exactly the reference's call
+    else:
+        f0, t = pw.dio(x, SR, f0_floor=lo, f0_ceil=hi, frame_period=period)
     return pw.stonemask(x, f0, t, SR)
+
+
+def mask_unvoiced_phones(f0: np.ndarray, phones, durations) -> np.ndarray:
+    """F0 with the frames of phones unvoiced by definition set to 0 (unvoiced)."""
+    f0 = f0.copy()
+    pos = 0
+    for p, d in zip(phones, durations):
+        if p.rstrip("012") in UNVOICED:
+            f0[pos:pos + d] = 0
+        pos += d
+    return f0
 
 
 def interpolate_unvoiced(f0: np.ndarray) -> np.ndarray:
@@ -180,7 +222,8 @@ class Features:
     mel: np.ndarray        # float32 [T, 80], T == duration.sum()
 
 
-def process_utterance(wav: np.ndarray, intervals) -> Features:
+def process_utterance(wav: np.ndarray, intervals,
+                      pitch_opts: PitchOptions = REFERENCE_PITCH) -> Features:
     """The reference's per-utterance preprocessing (phone-level pitch and energy).
     ``wav``: float samples at 22050 Hz in [-1, 1]; ``intervals``: [(start_s, end_s, phone)]."""
     phones, dur, start, end = alignment(intervals)
@@ -188,7 +231,9 @@ def process_utterance(wav: np.ndarray, intervals) -> Features:
         raise SkipUtterance("no phone between the leading and trailing silences")
     wav = np.asarray(wav, dtype=np.float32)[int(SR * start):int(SR * end)]
     n = int(dur.sum())
-    f0 = pitch(wav)[:n]
+    f0 = pitch(wav, pitch_opts)[:n]
+    if pitch_opts.unvoiced_from_alignment:
+        f0 = mask_unvoiced_phones(f0, phones, dur)
     if np.sum(f0 != 0) <= 1:
         raise SkipUtterance("at most one voiced frame")
     mel, energy = mel_and_energy(wav)

@@ -85,7 +85,7 @@ def read_metadata(path) -> list:
 
 
 def _job(args):
-    base, wav_path, tg_path, normalise = args
+    base, wav_path, tg_path, normalise, pitch_opts = args
     ivs = textgrid.phone_intervals(tg_path)
     for s, e, p in ivs:
         if p not in F.SILENCES and "@" + p not in SYMBOL_TO_ID:
@@ -93,7 +93,8 @@ def _job(args):
                             f"361-symbol table)")
     try:
         wav = read_wav(wav_path)
-        return base, F.process_utterance(F.peak_normalise(wav) if normalise else wav, ivs), None
+        return base, F.process_utterance(F.peak_normalise(wav) if normalise else wav, ivs,
+                                         pitch_opts), None
     except F.SkipUtterance as e:
         return base, None, str(e)
 
@@ -107,7 +108,8 @@ def find_textgrid(base, dirs):
 
 
 def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, seed=1234,
-               workers=None, overwrite=False, log=print, peak_normalise=True) -> dict:
+               workers=None, overwrite=False, log=print, peak_normalise=True,
+               pitch_opts=F.REFERENCE_PITCH) -> dict:
     corpus = Path(corpus)
     if not corpus.is_dir():
         raise DataError(f"{corpus}: corpus directory not found")
@@ -126,7 +128,7 @@ def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, se
         if tg is None:
             missing.append(base)
         else:
-            jobs.append((base, wav, tg, peak_normalise))
+            jobs.append((base, wav, tg, peak_normalise, pitch_opts))
     if not jobs:
         raise DataError(f"no TextGrids for any utterance of {corpus} (looked in "
                         f"{', '.join(str(d) for d in dirs)})")
@@ -170,12 +172,25 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peak-normalise", dest="peak_normalise", action="store_false",
                     help="keep each wav's recorded level (default: divide it by its peak, as "
                          "the reference's prepare_align step does)")
+    ap.add_argument("--pitch", choices=["dio", "harvest"], default="dio",
+                    help="F0 estimator: dio (the reference's) or harvest (slower, fewer errors)")
+    ap.add_argument("--f0-range", nargs=2, type=float, metavar=("LO", "HI"),
+                    help="F0 search range in Hz (default: pyworld's 71-800, the reference's)")
+    ap.add_argument("--unvoiced-from-alignment", action="store_true",
+                    help="mark the frames of unvoiced phones (S SH F TH HH T K P CH) unvoiced "
+                         "before interpolating the pitch")
     a = ap.parse_args(argv)
+    try:
+        pitch_opts = F.PitchOptions(a.pitch, tuple(a.f0_range or (71.0, 800.0)),
+                                    a.unvoiced_from_alignment)
+    except ValueError as e:
+        ap.error(str(e))
     if a.val_size < 0 or (a.workers is not None and a.workers < 1):
         ap.error("--val-size must be >= 0 and --workers >= 1")
     try:
         s = preprocess(a.corpus, a.out, a.textgrids, a.speaker, a.val_size, a.seed,
-                       a.workers, a.overwrite, peak_normalise=a.peak_normalise)
+                       a.workers, a.overwrite, peak_normalise=a.peak_normalise,
+                       pitch_opts=pitch_opts)
     except DataError as e:                     # bad input: exit 2, as the trainer
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,8 @@
 """Sentences for the espeak corpus, written for this project: a small seeded grammar over a
 hand-made word list, giving varied lengths (2 to ~30 words), clauses with commas (internal
-pauses), questions and exclamations, numbers spelled out, and every English phoneme."""
+pauses), a mix of sentence types for varied intonation (statements; yes/no questions, which
+rise; wh-questions; exclamations; lists, whose items rise before the last), numbers spelled
+out, and every English phoneme."""
 from __future__ import annotations
 
 import random
@@ -52,18 +54,40 @@ def _clause(r: random.Random) -> str:
     return f"{r.choice(NAMES)} said that {r.choice(THINGS)} looked {r.choice(ADJECTIVES)}"
 
 
+WH = ["Where", "When", "Why", "How"]
+
+
 def _sentence(r: random.Random) -> str:
     kind = r.random()
-    if kind < 0.12:
+    if kind < 0.10:
         return r.choice(SHORT)
-    if kind < 0.2:
-        return f"Did {r.choice(NAMES)} really see {r.choice(THINGS)} {r.choice(PLACES)}?"
-    n = 1 + (r.random() < 0.1)
+    if kind < 0.20:                                   # yes/no questions
+        return r.choice([f"Did {r.choice(NAMES)} really see {r.choice(THINGS)} "
+                         f"{r.choice(PLACES)}?",
+                         f"Is {r.choice(THINGS)} still {r.choice(ADJECTIVES)}?",
+                         f"Could {r.choice(NAMES)} bring {r.choice(THINGS)} "
+                         f"{r.choice(TIMES)}?"])
+    if kind < 0.28:                                   # wh-questions
+        return (f"{r.choice(WH)} did {r.choice(NAMES)} {r.choice(['hide', 'find', 'sell'])} "
+                f"{r.choice(THINGS)}?")
+    if kind < 0.36:                                   # exclamations
+        adj = r.choice(ADJECTIVES)
+        text = r.choice([f"What {'an' if adj[0] in 'aeiou' else 'a'} {adj} day it was!",
+                         f"{r.choice(NAMES)} {r.choice(VERBS)} {r.choice(THINGS)} "
+                         f"{r.choice(PLACES)}!",
+                         f"How {adj} {r.choice(THINGS)} looks!"])
+        return text[0].upper() + text[1:]
+    if kind < 0.44:                                   # lists
+        items = r.sample(THINGS, 3)
+        who = r.choice(NAMES)
+        return f"{who[0].upper() + who[1:]} {r.choice(VERBS)} {items[0]}, {items[1]}, and " \
+               f"{items[2]}."
+    n = 1 + (r.random() < 0.15)
     text = _clause(r)
     for _ in range(n - 1):
         text += f", {r.choice(CONNECT)} {_clause(r)}"
     text = text[0].upper() + text[1:]
-    return text + ("!" if r.random() < 0.08 else ".")
+    return text + ("!" if r.random() < 0.05 else ".")
 
 
 def generate(n: int, seed: int = 0) -> list:
