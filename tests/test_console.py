@@ -52,8 +52,11 @@ def screen_pieces(out):
 
 def test_an_80_column_terminal_shows_one_bar_updating_in_place(tmp_path):
     steps = 30
-    out = run_on_terminal(tiny(tmp_path, "--set", "train.log_step=10", steps=steps) +
-                          ["--debug-step-delay", "0.15"])
+    # no validation or checkpoint mid-run: the ETA cannot know what those will cost in a run
+    # this short (in a long one they are part of the measured rate)
+    out = run_on_terminal(tiny(tmp_path, "--set", "train.log_step=10", "--set",
+                               "train.val_step=1000", "--set", "train.save_step=1000",
+                               steps=steps) + ["--debug-step-delay", "0.3"])
     pieces = screen_pieces(out)
     too_wide = [p for p in pieces if len(p) > 80]
     assert not too_wide, too_wide[:3]
@@ -62,14 +65,21 @@ def test_an_80_column_terminal_shows_one_bar_updating_in_place(tmp_path):
     assert out.count("\r") >= steps
     assert len([p for p in pieces if p.startswith("step 10/30 loss")]) == 1   # a record above
     assert "Traceback" not in out and "\x1b[3" in out          # coloured on a terminal
-    # the ETA shown at step 2 (compile excluded) within 2x of the time that was really left
+    # from step 2 on (compile excluded), the ETA shown is within 2x of the time really left
+    # (+1 s: it is shown in whole seconds)
     run = tmp_path / "tiny"
     at = {r["step"]: r["at"] for r in records(run, "train")}
     end = records(run, "end")[-1]["at"]
-    eta2 = next(p for p in bars if p.startswith("step 2/30"))
-    m, s = re.search(r"ETA (\d+):(\d\d)", eta2).groups()
-    shown, truth = int(m) * 60 + int(s), end - at[2]
-    assert truth / 2 <= shown <= 2 * truth + 1, (shown, truth)
+    checked = 0
+    for p in bars:
+        n = int(p.split()[1].split("/")[0])
+        m = re.search(r"ETA (\d+):(\d\d)", p)
+        if n < 2 or not m:
+            continue
+        shown, truth = int(m.group(1)) * 60 + int(m.group(2)), end - at[n]
+        assert truth / 2 - 1 <= shown <= 2 * truth + 1, (n, shown, truth)
+        checked += 1
+    assert checked >= steps - 2
     # the monitor's ETA from the same records equals the trainer's formula at the end
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     stamps = [(r["at"], r["step"]) for r in recs if r["event"] == "train"]
