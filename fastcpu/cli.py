@@ -10,6 +10,7 @@ import sys
 # name -> (module, what it does)
 COMMANDS = {
     "train": ("fastcpu.train", "train FastSpeech2 (the bundled corpus and demo config by default)"),
+    "synthesize": ("fastcpu.synthesize", "text to speech from a trained checkpoint"),
     "monitor": ("fastcpu.monitor", "watch a run: progress, losses, liveness, memory, disk"),
     "preprocess": ("fastcpu.preprocess", "wavs + MFA TextGrids -> the reference's feature layout"),
     "build-corpus": ("fastcpu.data.espeak_corpus", "make an aligned corpus with espeak-ng"),

@@ -37,23 +37,46 @@ def mel_figure(target: np.ndarray, prediction: np.ndarray, title: str = ""):
     fig = Figure(figsize=(max(6.0, min(14.0, 2.0 + seconds * 2.5)), 5.2), dpi=100,
                  layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
-    centres = F._mel_to_hz(np.linspace(F._hz_to_mel(F.FMIN), F._hz_to_mel(F.FMAX),
-                                       F.N_MELS + 2))[1:-1]
-    ticks_hz = [t for t in (0, 500, 1000, 2000, 4000, 8000) if t <= F.FMAX]
-    ticks = np.interp(ticks_hz, centres, np.arange(F.N_MELS))
     for ax, mel, name in ((axes[0], target, "target (from the corpus)"),
                           (axes[1], prediction, "prediction (after PostNet)")):
-        im = ax.imshow(np.asarray(mel, np.float32).T, origin="lower", aspect="auto",
-                       interpolation="nearest", cmap="viridis", vmin=lo, vmax=hi,
-                       extent=(0, len(mel) * F.HOP / F.SR, -0.5, F.N_MELS - 0.5))
+        _mel_axes(ax, mel, lo, hi)
         ax.set_title(name, fontsize=10, loc="left")
-        ax.set_yticks(ticks, [f"{t / 1000:g}k" if t >= 1000 else f"{t}" for t in ticks_hz])
-        ax.set_ylabel("frequency (Hz)")
+        im = ax.images[0]
     axes[1].set_xlabel("time (s)")
     fig.colorbar(im, ax=list(axes), label="log-mel (natural log)", shrink=0.9)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def mel_one(mel: np.ndarray, title: str = ""):
+    """One log-mel spectrogram [T, 80] with time (s) and frequency (Hz) axes and a colour bar."""
+    from matplotlib.figure import Figure
+
+    from fastcpu.data import features as F
+    seconds = len(mel) * F.HOP / F.SR
+    fig = Figure(figsize=(max(6.0, min(14.0, 2.0 + seconds * 2.5)), 3.2), dpi=100,
+                 layout="constrained")
+    ax = fig.subplots()
+    _mel_axes(ax, mel, float(mel.min()), float(mel.max()))
+    ax.set_xlabel("time (s)")
+    fig.colorbar(ax.images[0], ax=ax, label="log-mel (natural log)")
+    if title:
+        ax.set_title(title, fontsize=10, loc="left")
+    return fig
+
+
+def _mel_axes(ax, mel, lo, hi):
+    from fastcpu.data import features as F
+    centres = F._mel_to_hz(np.linspace(F._hz_to_mel(F.FMIN), F._hz_to_mel(F.FMAX),
+                                       F.N_MELS + 2))[1:-1]
+    ticks_hz = [t for t in (0, 500, 1000, 2000, 4000, 8000) if t <= F.FMAX]
+    ax.imshow(np.asarray(mel, np.float32).T, origin="lower", aspect="auto",
+              interpolation="nearest", cmap="viridis", vmin=lo, vmax=hi,
+              extent=(0, len(mel) * F.HOP / F.SR, -0.5, F.N_MELS - 0.5))
+    ax.set_yticks(np.interp(ticks_hz, centres, np.arange(F.N_MELS)),
+                  [f"{t / 1000:g}k" if t >= 1000 else f"{t}" for t in ticks_hz])
+    ax.set_ylabel("frequency (Hz)")
 
 
 def loss_figure(train: dict, val: dict, title: str = ""):

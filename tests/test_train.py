@@ -335,6 +335,34 @@ def test_no_arguments_trains_the_demo_config_on_the_bundled_corpus(tmp_path):
     val = {r["step"]: r["loss"]["pitch"] for r in records(run, "val")}
     last = [val[s] for s in sorted(val)[-3:]]
     assert np.mean(last) < 0.85 * val[100], (val[100], last)
+    # its best checkpoint speaks: about espeak-ng's own length, slower with the control, and a
+    # --source batch writes a set per line
+    from fastcpu.data import features as F
+    from fastcpu.data.espeak_corpus import ESPEAK_PITCH_RANGE, utterances
+    sentence = "The quick brown fox jumps over the lazy dog."
+    best = run / "checkpoints" / "best.safetensors"
+    seconds = {}
+    for dc in ("1.0", "1.5"):
+        out = tmp_path / f"syn-{dc}"
+        r = subprocess.run([sys.executable, "-m", "fastcpu.synthesize", "--checkpoint",
+                            str(best), "--text", sentence, "--out", str(out),
+                            "--duration-control", dc], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert {p.suffix for p in out.iterdir()} == {".wav", ".npy", ".json", ".png"}
+        seconds[dc] = json.loads((out / "utt.json").read_text())["seconds"]
+    (_, _, _, wav, _), = utterances([sentence], ["en-us"], pitch_range=ESPEAK_PITCH_RANGE)
+    assert abs(seconds["1.0"] / (len(wav) / F.SR) - 1) <= 0.25, (seconds, len(wav) / F.SR)
+    assert 1.3 <= seconds["1.5"] / seconds["1.0"] <= 1.7, seconds
+    from fastcpu.data import sentences
+    src = tmp_path / "twenty.txt"
+    src.write_text("\n".join(sentences.generate(20, 7)) + "\n")
+    r = subprocess.run([sys.executable, "-m", "fastcpu.synthesize", "--checkpoint", str(best),
+                        "--source", str(src), "--out", str(tmp_path / "twenty")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "twenty").glob("*.wav"))) == 20
+    assert len(list((tmp_path / "twenty").glob("*.json"))) == 20
     # the run stays small: the newest step file and final with Adam's state, best weights-only
     size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
     assert size <= 60 * 2 ** 20, size

@@ -132,6 +132,32 @@ class Espeak:
                 self.lib.espeak_SetParameter(param, int(value), 0)
         self.voice = voice
 
+    def text_to_phonemes_clauses(self, text: str) -> list:
+        """espeak-ng's phonemes for ``text`` without synthesising audio: clauses, each a list
+        of words, each a list of phoneme names (the names its synthesis events carry)."""
+        lib = self.lib
+        if not getattr(self, "_t2p_ready", False):
+            lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+            lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p),
+                                                  ctypes.c_int, ctypes.c_int]
+            self._t2p_ready = True
+        buf = ctypes.create_string_buffer(text.encode("utf-8") + b"\0")
+        ptr = ctypes.c_void_p(ctypes.addressof(buf))
+        clauses = []
+        with _lock:
+            while ptr.value:
+                # phoneme names separated by "_" (bits 8-23: the separator), words by spaces
+                r = lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, ord("_") << 8)
+                if r is None:
+                    break
+                words = [[n for n in w.split("_") if n] for w in r.decode("utf-8").split()]
+                if any(words):
+                    clauses.append([w for w in words if w])
+        return clauses
+
+    def text_to_phonemes(self, text: str) -> list:
+        return [n for clause in self.text_to_phonemes_clauses(text) for w in clause for n in w]
+
     def synth(self, text: str):
         """-> (int16 samples, [(start_sample, espeak phoneme name), ...]) in time order."""
         data = text.encode("utf-8") + b"\0"

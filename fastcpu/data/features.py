@@ -260,19 +260,27 @@ def istft(spec: np.ndarray, length: int) -> np.ndarray:
 
 
 def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0,
-                normalise: bool = True) -> np.ndarray:
+                normalise: bool = True, momentum: float = 0.0) -> np.ndarray:
     """Log-mel [T, 80] -> float32 waveform: linear magnitude from the filter bank's
     pseudo-inverse (clipped at 0), phase by Griffin-Lim. For listening to samples, not a
-    vocoder. ``normalise``: scaled to a 0.9 peak; else at the level the mel gives (the corpus
-    wavs are peak-normalised, so about [-1, 1])."""
+    vocoder. ``momentum`` > 0 is the fast variant (Perraudin, Balazs and Søndergaard 2013:
+    each phase estimate extrapolated from the previous one; 0.99 is usual), which needs far
+    fewer iterations. ``normalise``: scaled to a 0.9 peak; else at the level the mel gives (the
+    corpus wavs are peak-normalised, so about [-1, 1])."""
+    if n_iter < 0 or not 0 <= momentum < 1:
+        raise ValueError(f"griffin_lim: n_iter >= 0 and 0 <= momentum < 1, got {n_iter}, "
+                         f"{momentum}")
     fb = mel_filterbank().astype(np.float64)
     mag = np.maximum(np.linalg.pinv(fb) @ np.exp(np.asarray(log_mel, np.float64).T), 0.0)
     length = HOP * (mag.shape[1] - 1)
     phase = np.exp(2j * np.pi * np.random.default_rng(seed).random(mag.shape))
     y = istft(mag * phase, length)
+    previous = np.zeros_like(phase)
     for _ in range(n_iter):
         spec = stft(y)[:, :mag.shape[1]]
-        y = istft(mag * np.exp(1j * np.angle(spec)), length)
+        est = spec - (momentum / (1 + momentum)) * previous if momentum else spec
+        previous = spec
+        y = istft(mag * est / np.maximum(np.abs(est), 1e-12), length)
     peak = np.max(np.abs(y)) if len(y) else 0.0
     if not normalise:
         return y.astype(np.float32)

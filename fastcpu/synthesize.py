@@ -1,0 +1,248 @@
+"""Text to speech from a trained checkpoint.
+
+    python -m fastcpu.synthesize --checkpoint runs/demo/checkpoints/best.safetensors \\
+        --text "The quick brown fox jumps over the lazy dog." --out out/
+    python -m fastcpu.synthesize --checkpoint CKPT --source sentences.txt --out out/
+    python -m fastcpu.synthesize --checkpoint CKPT --phonemes "{HH AH0 L OW1}" --out out/
+
+``--source`` takes one sentence per line, or ``id|text`` lines. For each sentence it writes
+``<id>.wav`` (22050 Hz, 16-bit), ``<id>.npy`` (the mel, [T, 80]), ``<id>.json`` (the normalised
+text, words and their phones, the predicted durations in frames and seconds, pitch in Hz and
+energy per phone) and ``<id>.png`` (the mel with time and frequency axes). Sentences run in
+batches (``--batch-size``) with padding masks, on every core (``--threads``).
+
+The front end: ``espeak`` for checkpoints trained on corpora made with espeak-ng (the bundled
+one), else ``lexicon`` (CMUdict, or ``--lexicon FILE``, with espeak-ng for missing words);
+``--front-end`` chooses. ``--pitch-control``, ``--energy-control`` and ``--duration-control``
+scale the predictions as the reference does (pitch and energy in their normalised units,
+durations in frames). The vocoder is Griffin-Lim (the fast, momentum variant;
+``--griffin-lim-iters``).
+
+Bad input — empty text, text without words, a phone outside the symbol table, an unknown
+speaker, controls <= 0, a checkpoint that is not FastSpeech2 — is one line naming the sentence
+(its line in ``--source``) or file; the other sentences are still written, with a summary, and
+the exit status is 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class SynthError(ValueError):
+    pass
+
+
+def load_model(path):
+    """-> (model, config, meta) from a fastcpu checkpoint (full or weights-only)."""
+    from fastcpu import checkpoint
+    from fastcpu.config import Config, ConfigError, from_dict
+    from fastcpu.models import FastSpeech2
+    try:
+        tensors, meta = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:
+        raise SynthError(str(e)) from None
+    if "config" not in meta:
+        raise SynthError(f"{path}: has no run config (a reference checkpoint converted without "
+                         f"--reference-config?); convert it again with its config")
+    try:
+        cfg = from_dict(Config, meta["config"], f"{path} config")
+    except ConfigError as e:
+        raise SynthError(str(e)) from None
+    model = FastSpeech2(cfg.model)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    except (KeyError, ValueError) as e:
+        raise SynthError(f"{path}: not a FastSpeech2 checkpoint of its own config ({e})") \
+            from None
+    model.eval()
+    return model, cfg, meta
+
+
+def corpus_info(cfg):
+    """(stats, speakers, made with espeak-ng?) of the corpus the checkpoint was trained on, if
+    it can still be read; else (None, None, None)."""
+    from fastcpu.data import BUNDLED_CORPUS
+    root = Path(cfg.data.path) if cfg.data.path else BUNDLED_CORPUS
+    try:
+        stats = json.loads((root / "stats.json").read_text())
+        speakers = json.loads((root / "speakers.json").read_text())
+    except (OSError, ValueError):
+        return None, None, None
+    return stats, speakers, all(str(s).startswith("espeak_") for s in speakers)
+
+
+def read_source(path):
+    """-> [(id, text, line number)] from one sentence per line or ``id|text`` lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynthError(f"{path}: no such file")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        uid, sep, text = line.partition("|")
+        if not sep:
+            uid, text = f"{len(out) + 1:04d}", line
+        uid = re.sub(r"[^A-Za-z0-9_.-]+", "_", uid.strip()) or f"{len(out) + 1:04d}"
+        out.append((uid, text.strip(), n))
+    if not out:
+        raise SynthError(f"{path}: no sentences")
+    return out
+
+
+def main(argv=None) -> int:
+    from fastcpu.cli import add_version
+    ap = argparse.ArgumentParser(prog="python -m fastcpu.synthesize",
+                                 description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(ap)
+    ap.add_argument("--checkpoint", required=True, help="a fastcpu checkpoint (.safetensors)")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="one sentence")
+    what.add_argument("--source", help="a file: one sentence per line, or id|text lines")
+    what.add_argument("--phonemes", help='phones directly, e.g. "{HH AH0 L OW1}"')
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--speaker", default="0", help="speaker name or id (default 0)")
+    for c in ("pitch", "energy", "duration"):
+        ap.add_argument(f"--{c}-control", type=float, default=1.0,
+                        help=f"scale the predicted {c} (default 1.0)")
+    ap.add_argument("--front-end", choices=["auto", "espeak", "lexicon"], default="auto",
+                    help="auto: espeak for corpora made with espeak-ng, else lexicon")
+    ap.add_argument("--lexicon", help="a lexicon file (WORD PH ON ES per line) instead of "
+                                      "CMUdict")
+    ap.add_argument("--vocoder", choices=["griffin-lim"], default="griffin-lim")
+    ap.add_argument("--griffin-lim-iters", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="0: every core")
+    a = ap.parse_args(argv)
+    try:
+        return run(a)
+    except SynthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _front_end(a, espeak_corpus):
+    from fastcpu import text
+    kind = a.front_end
+    if kind == "auto":
+        kind = "espeak" if espeak_corpus in (True, None) and not a.lexicon else "lexicon"
+    try:
+        if kind == "espeak":
+            return text.Espeak()
+        return text.Lexicon(a.lexicon, fallback=text.Espeak())
+    except text.TextError as e:
+        raise SynthError(str(e)) from None
+
+
+def run(a) -> int:
+    from fastcpu import runtime, text
+    from fastcpu.data import SYMBOL_TO_ID
+    for c in ("pitch", "energy", "duration"):
+        if not getattr(a, f"{c}_control") > 0:
+            raise SynthError(f"--{c}-control must be > 0, got {getattr(a, f'{c}_control')}")
+    if a.batch_size < 1 or a.griffin_lim_iters < 0:
+        raise SynthError("--batch-size must be >= 1 and --griffin-lim-iters >= 0")
+    model, cfg, meta = load_model(a.checkpoint)
+    stats, speakers, espeak_corpus = corpus_info(cfg)
+    speaker = _speaker(a.speaker, speakers, cfg)
+    if a.source:
+        items = read_source(a.source)
+        where = lambda n: f"{a.source}:{n}"               # noqa: E731
+    else:
+        items = [("utt", a.text if a.text is not None else a.phonemes, 0)]
+        where = lambda n: "--text" if a.text is not None else "--phonemes"   # noqa: E731
+    fe = None if a.phonemes else _front_end(a, espeak_corpus)
+    ready, failed = [], []
+    for uid, t, n in items:
+        try:
+            if not t.strip():
+                raise text.TextError("empty text")
+            ph = text.parse_phonemes(t) if a.phonemes else fe(t)
+            unknown = [p for p in ph.phones if "@" + p not in SYMBOL_TO_ID]
+            if unknown:
+                raise text.TextError(f"phone {unknown[0]!r} is not in the checkpoint's symbol "
+                                     f"table")
+            ready.append((uid, ph, np.array([SYMBOL_TO_ID["@" + p] for p in ph.phones])))
+        except text.TextError as e:
+            failed.append(f"{where(n)}: {e}")
+            print(f"error: {where(n)}: {e}", file=sys.stderr)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with runtime.threads(a.threads or None):
+        for start in range(0, len(ready), a.batch_size):
+            _batch(model, ready[start:start + a.batch_size], speaker, a, stats, out)
+    secs = time.time() - t0
+    print(f"wrote {len(ready)} sentence(s) to {out} in {secs:.1f} s"
+          + (f"; {len(failed)} failed" if failed else ""))
+    return 2 if failed else 0
+
+
+def _speaker(value, speakers, cfg) -> int:
+    if value.isdigit():
+        sid = int(value)
+    elif speakers and value in speakers:
+        sid = int(speakers[value])
+    else:
+        raise SynthError(f"--speaker {value}: unknown (speakers: "
+                         f"{', '.join(speakers) if speakers else 'ids only'})")
+    n = cfg.model.n_speakers if cfg.model.multi_speaker else 1
+    if sid >= n:
+        raise SynthError(f"--speaker {value}: the checkpoint has {n} speaker(s)")
+    return sid
+
+
+def _batch(model, items, speaker, a, stats, out):
+    from fastcpu import plots
+    from fastcpu.autograd import no_grad
+    from fastcpu.data import features as F
+    from scipy.io import wavfile
+    lens = np.array([len(ids) for _, _, ids in items])
+    texts = np.zeros((len(items), lens.max()), np.int64)
+    for i, (_, _, ids) in enumerate(items):
+        texts[i, :len(ids)] = ids
+    with no_grad():
+        o = model.infer(texts, lens, np.full(len(items), speaker, np.int64), a.pitch_control,
+                        a.energy_control, a.duration_control)
+    mels = o.postnet_mel.numpy()
+    for i, (uid, ph, ids) in enumerate(items):
+        T = int(o.mel_lens[i])
+        mel = mels[i, :T]
+        n = len(ids)
+        d = o.duration_rounded[i, :n].astype(int)
+        pitch = o.pitch.numpy()[i, :n].astype(float)
+        energy = o.energy.numpy()[i, :n].astype(float)
+        if stats:
+            pitch = pitch * stats["pitch"][3] + stats["pitch"][2]
+            energy = energy * stats["energy"][3] + stats["energy"][2]
+        np.save(out / f"{uid}.npy", mel.astype(np.float32))
+        wav = F.griffin_lim(mel, a.griffin_lim_iters, normalise=False, momentum=0.99) \
+            if T > 1 else np.zeros(0, np.float32)
+        wavfile.write(out / f"{uid}.wav", F.SR,
+                      (np.clip(wav, -1, 1) * 32767).astype(np.int16))
+        rec = {"id": uid, "text": ph.text, "words": [{"word": w, "phones": " ".join(p)}
+                                                      for w, p in ph.words],
+               "phones": ph.phones, "durations_frames": d.tolist(),
+               "durations_s": (d * F.HOP / F.SR).round(4).tolist(),
+               "pitch_hz" if stats else "pitch_normalised": np.round(pitch, 2).tolist(),
+               "energy" if stats else "energy_normalised": np.round(energy, 3).tolist(),
+               "frames": T, "seconds": round(len(wav) / F.SR, 3),
+               "controls": {"pitch": a.pitch_control, "energy": a.energy_control,
+                            "duration": a.duration_control}}
+        (out / f"{uid}.json").write_text(json.dumps(rec, indent=1) + "\n")
+        if T > 1:
+            fig = plots.mel_one(mel, f"{uid}: {ph.text[:70]}")
+            (out / f"{uid}.png").write_bytes(plots.to_png(fig))
+
+
+if __name__ == "__main__":
+    from fastcpu.cli import entry
+    sys.exit(entry(main))

