@@ -153,13 +153,8 @@ def available() -> bool:
 
 
 def _cpu_flags() -> set:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    from fastcpu.kernels._cybuild import cpu_flags
+    return cpu_flags()
 
 
 def bf16_status() -> str:
