@@ -21,6 +21,11 @@ reference's three YAML files (``--reference-config DIR``), from a fastcpu config
 or else the LJSpeech defaults, with the speaker count and vocabulary taken from the tensors. A
 file that does not fit that config is still converted, for ``--init-from`` only, with a note.
 
+A HiFi-GAN generator file (``{"generator": state_dict}``, the reference's
+``hifigan/generator_*.pth.tar``) is recognised by its key and written as a plain-weight safetensors
+vocoder file (weight norm folded: w = g * v / ||v||), for ``synthesize --vocoder-checkpoint``;
+every name and shape is checked against HiFi-GAN V1 first.
+
 fastcpu -> reference: the parameter order is the model's own (built from the checkpoint's
 config) or the one recorded at conversion; ``param_groups`` come from the checkpoint's config
 with ``lr`` as the schedule gives it at the checkpoint's step, in the keys the installed
@@ -180,8 +185,11 @@ def fresh_state(cfg, step: int) -> dict:
 def reference_to_fastcpu(src, dst, reference_config=None, config=None, log=print) -> Path:
     src = Path(src)
     ck = load_reference(src)
+    if isinstance(ck, dict) and "generator" in ck and "model" not in ck:
+        return _generator(ck, src, dst, log)
     if not isinstance(ck, dict) or "model" not in ck:
-        raise ConvertError(f"{src}: expected a dict with a 'model' entry (reference format), got "
+        raise ConvertError(f"{src}: expected a dict with a 'model' entry (reference format) or "
+                           f"a 'generator' entry (HiFi-GAN), got "
                            f"{list(ck) if isinstance(ck, dict) else type(ck).__name__}")
     model_sd = ck["model"]
     keys = list(model_sd)
@@ -242,6 +250,32 @@ def reference_to_fastcpu(src, dst, reference_config=None, config=None, log=print
                      "precision": "fp32", "optimizer_step": t})
         log(f"run config: {origin}; resumes at step {t}")
     return checkpoint.save(dst, tensors, meta)
+
+
+def _generator(ck, src, dst, log=print) -> Path:
+    """A reference HiFi-GAN generator file -> plain-weight safetensors (see the module doc)."""
+    from fastcpu.models import hifigan
+    if not isinstance(ck["generator"], dict):
+        raise ConvertError(f"{src}: 'generator' is not a state_dict")
+    sd = OrderedDict((k[len("module."):] if k.startswith("module.") else k,
+                      v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
+                     for k, v in ck["generator"].items())
+    try:
+        w = hifigan.fold_weight_norm(sd)
+        gen = hifigan.Generator(w, source=str(src))
+    except hifigan.VocoderError as e:
+        raise ConvertError(str(e)) from None
+    folded = sum(k.endswith(".weight_v") for k in sd)
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        gen.save(tmp, {"source": Path(src).name, "weight_norm_folded": str(folded)})
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log(f"HiFi-GAN V1 generator: {hifigan.n_params():,} parameters"
+        + (f", weight norm folded in {folded} convs" if folded else ""))
+    return dst
 
 
 def _reference_order(tensors, meta, src):

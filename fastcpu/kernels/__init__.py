@@ -20,7 +20,7 @@ import importlib
 from types import SimpleNamespace
 
 OPS = ("attention", "conv1d", "layernorm", "adam", "linear", "dropout", "activations",
-       "embedding", "bucketize", "length_regulator", "batchnorm", "losses", "ffn")
+       "embedding", "bucketize", "length_regulator", "batchnorm", "losses", "ffn", "vocoder")
 CYTHON_KERNELS = ("layernorm", "adam", "conv1d", "attention")
 BACKENDS = ("reference", "numba", "cython", "dispatch", "fir2", "gemm")  # dispatch, fir2: conv1d
 

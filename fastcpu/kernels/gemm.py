@@ -244,10 +244,16 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, *,
            accumulate: bool = False, bias: np.ndarray | None = None, relu: bool = False,
-           precision: str | None = None) -> np.ndarray:
-    """out (+)= a @ b (+ bias, then ReLU); returns out. See the module docstring."""
+           precision: str | None = None, engine: str | None = None) -> np.ndarray:
+    """out (+)= a @ b (+ bias, then ReLU); returns out. See the module docstring.
+
+    ``engine`` ("onednn" | "numpy") overrides ``fp32_engine()`` for one fp32 call: for a caller
+    whose shapes measured faster on the other engine (the vocoder's narrow-output GEMMs)."""
     precision = precision or current()
-    if precision == "fp32" and fp32_engine() == "onednn" and a.dtype != BF16 and \
+    if engine is not None and engine not in ENGINES:
+        raise GemmError(f"engine must be one of {ENGINES}, got {engine!r}")
+    fp32 = engine if engine == "numpy" or (engine == "onednn" and available()) else fp32_engine()
+    if precision == "fp32" and fp32 == "onednn" and a.dtype != BF16 and \
             b.dtype != BF16 and a.shape[0] and b.shape[1] and a.shape[1]:
         if out is None:
             out = np.empty((a.shape[0], b.shape[1]), np.float32)
