@@ -11,10 +11,11 @@ import sys
 COMMANDS = {
     "train": ("fastcpu.train", "train FastSpeech2 (the bundled corpus and demo config by default)"),
     "synthesize": ("fastcpu.synthesize", "text to speech from a trained checkpoint"),
+    "export": ("fastcpu.export", "a weights-only inference file from a checkpoint"),
     "monitor": ("fastcpu.monitor", "watch a run: progress, losses, liveness, memory, disk"),
     "preprocess": ("fastcpu.preprocess", "wavs + MFA TextGrids -> the reference's feature layout"),
     "build-corpus": ("fastcpu.data.espeak_corpus", "make an aligned corpus with espeak-ng"),
-    "convert": ("fastcpu.convert", "checkpoints: reference .pth.tar <-> fastcpu .safetensors"),
+    "convert": ("fastcpu.convert", "checkpoints: reference .pth.tar <-> fastcpu .safetensors; HiFi-GAN files"),
     "warmup": ("fastcpu.warmup", "compile every kernel ahead of the first run (~30 s)"),
     "bench": ("fastcpu.bench", "time a training step against PyTorch on this CPU"),
 }

@@ -16,7 +16,12 @@ one), else ``lexicon`` (CMUdict, or ``--lexicon FILE``, with espeak-ng for missi
 ``--front-end`` chooses. ``--pitch-control``, ``--energy-control`` and ``--duration-control``
 scale the predictions as the reference does (pitch and energy in their normalised units,
 durations in frames). The vocoder is Griffin-Lim (the fast, momentum variant;
-``--griffin-lim-iters``).
+``--griffin-lim-iters``) or HiFi-GAN V1 (``--vocoder hifigan --vocoder-checkpoint FILE``: the
+reference's generator weights converted once by ``python -m fastcpu.convert``).
+
+Checkpoints carry what synthesis needs (speakers, pitch/energy statistics, the front end, the
+symbol table), so no corpus directory is needed; ``python -m fastcpu.export`` makes the small
+weights-only file that synthesis accepts like a full checkpoint.
 
 Bad input — empty text, text without words, a phone outside the symbol table, an unknown
 speaker, controls <= 0, a checkpoint that is not FastSpeech2 — is one line naming the sentence
@@ -65,17 +70,31 @@ def load_model(path):
     return model, cfg, meta
 
 
-def corpus_info(cfg):
-    """(stats, speakers, made with espeak-ng?) of the corpus the checkpoint was trained on, if
-    it can still be read; else (None, None, None)."""
+def synthesis_info(cfg, meta, path, log=print):
+    """The checkpoint's ``synthesis`` record (speakers, stats, front end, symbols; see
+    ``fastcpu.data.dataset.synthesis_record``). A checkpoint written before checkpoints carried
+    it: read from its corpus if that is still there, else the bundled symbols and espeak-ng,
+    with pitch and energy reported normalised — each with a note."""
     from fastcpu.data import BUNDLED_CORPUS
+    from fastcpu.data.dataset import front_end_of
+    from fastcpu.data.symbols import SYMBOLS
+    rec = meta.get("synthesis")
+    if rec:
+        return rec
     root = Path(cfg.data.path) if cfg.data.path else BUNDLED_CORPUS
     try:
         stats = json.loads((root / "stats.json").read_text())
         speakers = json.loads((root / "speakers.json").read_text())
+        fe = front_end_of(root, speakers)
     except (OSError, ValueError):
-        return None, None, None
-    return stats, speakers, all(str(s).startswith("espeak_") for s in speakers)
+        log(f"note: {path} was written before checkpoints recorded what synthesis needs, and "
+            f"its corpus {root} is not readable: espeak-ng front end, speaker ids only, pitch "
+            f"and energy reported normalised (re-save it with a current fastcpu to fix)")
+        return {"speakers": None, "stats": None, "front_end": {"kind": "espeak"},
+                "symbols": list(SYMBOLS)}
+    log(f"note: {path} was written before checkpoints recorded what synthesis needs; read "
+        f"speakers, statistics and front end from its corpus {root}")
+    return {"speakers": speakers, "stats": stats, "front_end": fe, "symbols": list(SYMBOLS)}
 
 
 def read_source(path):
@@ -117,7 +136,10 @@ def main(argv=None) -> int:
                     help="auto: espeak for corpora made with espeak-ng, else lexicon")
     ap.add_argument("--lexicon", help="a lexicon file (WORD PH ON ES per line) instead of "
                                       "CMUdict")
-    ap.add_argument("--vocoder", choices=["griffin-lim"], default="griffin-lim")
+    ap.add_argument("--vocoder", choices=["griffin-lim", "hifigan"], default="griffin-lim",
+                    help="griffin-lim (default, no weights needed) or hifigan")
+    ap.add_argument("--vocoder-checkpoint", metavar="FILE",
+                    help="HiFi-GAN generator weights (.safetensors from python -m fastcpu.convert)")
     ap.add_argument("--griffin-lim-iters", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="0: every core")
@@ -129,48 +151,64 @@ def main(argv=None) -> int:
         return 2
 
 
-def _front_end(a, espeak_corpus):
+def _front_end(a, recorded: dict):
+    """The front end: ``--front-end``, else the one the corpus was made with (the checkpoint's
+    record); a recorded lexicon file is used when it is found unchanged at its path."""
+    import hashlib
+
     from fastcpu import text
     kind = a.front_end
     if kind == "auto":
-        kind = "espeak" if espeak_corpus in (True, None) and not a.lexicon else "lexicon"
+        kind = "lexicon" if a.lexicon else recorded.get("kind", "espeak")
+    lexicon = a.lexicon
+    lex = recorded.get("lexicon")
+    if kind == "lexicon" and lexicon is None and isinstance(lex, dict):
+        p = Path(lex.get("path", ""))
+        if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() == lex.get("sha256"):
+            lexicon = p
+        else:
+            print(f"note: the corpus was aligned with lexicon {lex.get('name')}, not found "
+                  f"unchanged at {p}; using CMUdict (pass --lexicon FILE)", file=sys.stderr)
     try:
         if kind == "espeak":
-            return text.Espeak()
-        return text.Lexicon(a.lexicon, fallback=text.Espeak())
+            return text.Espeak(recorded.get("voice", "en-us") if recorded.get("kind") == "espeak"
+                               else "en-us")
+        return text.Lexicon(lexicon, fallback=text.Espeak())
     except text.TextError as e:
         raise SynthError(str(e)) from None
 
 
 def run(a) -> int:
     from fastcpu import runtime, text
-    from fastcpu.data import SYMBOL_TO_ID
     for c in ("pitch", "energy", "duration"):
         if not getattr(a, f"{c}_control") > 0:
             raise SynthError(f"--{c}-control must be > 0, got {getattr(a, f'{c}_control')}")
     if a.batch_size < 1 or a.griffin_lim_iters < 0:
         raise SynthError("--batch-size must be >= 1 and --griffin-lim-iters >= 0")
     model, cfg, meta = load_model(a.checkpoint)
-    stats, speakers, espeak_corpus = corpus_info(cfg)
+    info = synthesis_info(cfg, meta, a.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    stats, speakers = info["stats"], info["speakers"]
+    symbol_id = {s: i for i, s in enumerate(info["symbols"])}
     speaker = _speaker(a.speaker, speakers, cfg)
+    vocoder = _vocoder(a)
     if a.source:
         items = read_source(a.source)
         where = lambda n: f"{a.source}:{n}"               # noqa: E731
     else:
         items = [("utt", a.text if a.text is not None else a.phonemes, 0)]
         where = lambda n: "--text" if a.text is not None else "--phonemes"   # noqa: E731
-    fe = None if a.phonemes else _front_end(a, espeak_corpus)
+    fe = None if a.phonemes else _front_end(a, info["front_end"])
     ready, failed = [], []
     for uid, t, n in items:
         try:
             if not t.strip():
                 raise text.TextError("empty text")
             ph = text.parse_phonemes(t) if a.phonemes else fe(t)
-            unknown = [p for p in ph.phones if "@" + p not in SYMBOL_TO_ID]
+            unknown = [p for p in ph.phones if "@" + p not in symbol_id]
             if unknown:
                 raise text.TextError(f"phone {unknown[0]!r} is not in the checkpoint's symbol "
                                      f"table")
-            ready.append((uid, ph, np.array([SYMBOL_TO_ID["@" + p] for p in ph.phones])))
+            ready.append((uid, ph, np.array([symbol_id["@" + p] for p in ph.phones])))
         except text.TextError as e:
             failed.append(f"{where(n)}: {e}")
             print(f"error: {where(n)}: {e}", file=sys.stderr)
@@ -179,7 +217,7 @@ def run(a) -> int:
     t0 = time.time()
     with runtime.threads(a.threads or None):
         for start in range(0, len(ready), a.batch_size):
-            _batch(model, ready[start:start + a.batch_size], speaker, a, stats, out)
+            _batch(model, ready[start:start + a.batch_size], speaker, a, stats, out, vocoder)
     secs = time.time() - t0
     print(f"wrote {len(ready)} sentence(s) to {out} in {secs:.1f} s"
           + (f"; {len(failed)} failed" if failed else ""))
@@ -200,7 +238,33 @@ def _speaker(value, speakers, cfg) -> int:
     return sid
 
 
-def _batch(model, items, speaker, a, stats, out):
+HIFIGAN_HELP = ("HiFi-GAN weights are not bundled (they are not redistributable here): download "
+                "the reference project's generator_LJSpeech.pth.tar or generator_universal.pth.tar "
+                "(ming024/FastSpeech2, hifigan/), convert it once with `python -m fastcpu.convert "
+                "generator_LJSpeech.pth.tar hifigan.safetensors` (needs the convert extra) and pass "
+                "--vocoder-checkpoint hifigan.safetensors")
+
+
+def _vocoder(a):
+    """None (Griffin-Lim) or a loaded HiFi-GAN generator."""
+    if a.vocoder == "griffin-lim":
+        if a.vocoder_checkpoint:
+            raise SynthError("--vocoder-checkpoint is for --vocoder hifigan")
+        return None
+    from fastcpu.models import hifigan
+    if not a.vocoder_checkpoint:
+        raise SynthError(f"--vocoder hifigan needs --vocoder-checkpoint. {HIFIGAN_HELP}")
+    p = Path(a.vocoder_checkpoint)
+    if p.name.endswith((".pth.tar", ".pth", ".pt")):
+        raise SynthError(f"{p}: a PyTorch file; convert it first: python -m fastcpu.convert "
+                         f"{p} {p.name.split('.')[0]}.safetensors")
+    try:
+        return hifigan.Generator.load(p)
+    except hifigan.VocoderError as e:
+        raise SynthError(str(e)) from None
+
+
+def _batch(model, items, speaker, a, stats, out, vocoder=None):
     from fastcpu import plots
     from fastcpu.autograd import no_grad
     from fastcpu.data import features as F
@@ -224,8 +288,12 @@ def _batch(model, items, speaker, a, stats, out):
             pitch = pitch * stats["pitch"][3] + stats["pitch"][2]
             energy = energy * stats["energy"][3] + stats["energy"][2]
         np.save(out / f"{uid}.npy", mel.astype(np.float32))
-        wav = F.griffin_lim(mel, a.griffin_lim_iters, normalise=False, momentum=0.99) \
-            if T > 1 else np.zeros(0, np.float32)
+        if T < 2:
+            wav = np.zeros(0, np.float32)
+        elif vocoder is not None:
+            wav = vocoder(mel)
+        else:
+            wav = F.griffin_lim(mel, a.griffin_lim_iters, normalise=False, momentum=0.99)
         wavfile.write(out / f"{uid}.wav", F.SR,
                       (np.clip(wav, -1, 1) * 32767).astype(np.int16))
         rec = {"id": uid, "text": ph.text, "words": [{"word": w, "phones": " ".join(p)}

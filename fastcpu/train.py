@@ -58,7 +58,9 @@ class Trainer:
         from fastcpu.models import FastSpeech2, FastSpeech2Loss
         from fastcpu.optim import Adam
         from fastcpu.reporting import Reporter
+        from fastcpu.data.dataset import synthesis_record
         self.cfg, self.root, self.train_set, self.val_set = cfg, root, train, val
+        self.synthesis = synthesis_record(train)
         self.run_dir = run_dir
         self.report = Reporter(run_dir, cfg, out)
         nn.init.manual_seed(cfg.train.seed)
@@ -101,7 +103,8 @@ class Trainer:
         meta = {"kind": kind, "state": st.to_meta(), "config": to_dict(self.cfg),
                 "fastcpu_version": fastcpu.__version__, "threads": runtime.num_threads(),
                 "precision": self.cfg.train.precision,
-                "optimizer_step": self.opt.t, "saved_at": time.time()}
+                "optimizer_step": self.opt.t, "saved_at": time.time(),
+                "synthesis": self.synthesis}
         if reason:
             meta["reason"] = reason
         if weights_only:            # for selection and synthesis; a run resumes from the others

@@ -90,7 +90,7 @@ def test_espeak_build_is_byte_identical_when_repeated(built, tmp_path):
     d, _ = built
     build(tmp_path / "again", n=10, val_size=2, log=None)
     a, b = files(d / "out"), files(tmp_path / "again")
-    assert a == b and len(a) == 4 * 10 + 4
+    assert a == b and len(a) == 4 * 10 + 5         # + stats, speakers, front_end, the splits
     match, mismatch, errors = filecmp.cmpfiles(d / "out", tmp_path / "again", a, shallow=False)
     assert not mismatch and not errors
 
@@ -125,7 +125,8 @@ def test_preprocess_reproduces_the_builder_features(built, tmp_path):
     out = tmp_path / "pre"
     from fastcpu.data.espeak_corpus import ESPEAK_PITCH
     s = preprocess(d / "raw", out, speaker="espeak_en_us", val_size=2, seed=0, workers=2,
-                   log=None, pitch_opts=ESPEAK_PITCH)
+                   log=None, pitch_opts=ESPEAK_PITCH, front_end={"kind": "espeak",
+                                                                 "voice": "en-us"})
     assert s["utterances"] == 10 and not s["missing_textgrid"]
     names = files(d / "out")
     assert files(out) == names
@@ -136,13 +137,14 @@ def test_preprocess_reproduces_the_builder_features(built, tmp_path):
     _rewrite_textgrids(d / "raw", mfa2=True)
     out2 = tmp_path / "pre2"
     preprocess(d / "raw", out2, textgrids=d / "raw" / "TG2", speaker="espeak_en_us",
-               val_size=2, seed=0, workers=1, log=None, pitch_opts=ESPEAK_PITCH)
+               val_size=2, seed=0, workers=1, log=None, pitch_opts=ESPEAK_PITCH,
+               front_end={"kind": "espeak", "voice": "en-us"})
     # and from the command line, with the builder's pitch options as flags
     out3 = tmp_path / "pre3"
     assert preprocess_main(["--corpus", str(d / "raw"), "--out", str(out3), "--speaker",
                             "espeak_en_us", "--val-size", "2", "--seed", "0", "--pitch",
                             "harvest", "--f0-range", "60", "400",
-                            "--unvoiced-from-alignment"]) == 0
+                            "--unvoiced-from-alignment", "--front-end", "espeak"]) == 0
     match, mismatch, errors = filecmp.cmpfiles(d / "out", out3, names, shallow=False)
     assert not mismatch and not errors, mismatch
     match, mismatch, errors = filecmp.cmpfiles(d / "out", out2, names, shallow=False)

@@ -148,3 +148,78 @@ def test_fast_griffin_lim_needs_fewer_iterations():
     assert fast < plain, (fast, plain)
     with pytest.raises(ValueError):
         F.griffin_lim(m, 4, momentum=1.0)
+
+
+def test_checkpoints_are_self_contained_and_export_is_weights_only(trained, tmp_path):
+    from fastcpu import checkpoint
+    from fastcpu.data.symbols import SYMBOLS
+    _, meta = checkpoint.load(trained)
+    rec = meta["synthesis"]
+    assert rec["speakers"] == {"espeak_en_us": 0} and rec["symbols"] == list(SYMBOLS)
+    assert rec["front_end"] == {"kind": "espeak", "voice": "en-us"}
+    assert set(rec["stats"]) == {"pitch", "energy"}
+    small = tmp_path / "demo.safetensors"
+    r = subprocess.run([sys.executable, "-m", "fastcpu.export", str(trained), str(small)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    tensors, m2 = checkpoint.load(small)
+    assert all(k.startswith("model/") for k in tensors) and m2["weights_only"]
+    assert small.stat().st_size < 0.5 * trained.stat().st_size     # no Adam moments (tiny: the
+    # config and state JSON weigh more here than at full size, where it is a third)
+    # synthesis from the exported file alone, with the corpus out of reach: the same mel
+    import shutil
+    alone = tmp_path / "elsewhere"
+    alone.mkdir()
+    shutil.copy(small, alone / "m.safetensors")
+    a = synth("--checkpoint", str(trained), "--text", "Good morning.", "--out", str(tmp_path / "a"))
+    b = synth("--checkpoint", str(alone / "m.safetensors"), "--text", "Good morning.",
+              "--out", str(tmp_path / "b"))
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    assert "note" not in b.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "utt.npy"),
+                                  np.load(tmp_path / "b" / "utt.npy"))
+    # export refuses a non-checkpoint and a non-.safetensors target with one line, exit 2
+    r = subprocess.run([sys.executable, "-m", "fastcpu.export", str(trained),
+                        str(tmp_path / "x.pt")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "x.pt" in r.stderr
+
+
+def test_an_older_checkpoint_without_the_record_gets_a_note(trained, tmp_path):
+    from fastcpu import checkpoint
+    tensors, meta = checkpoint.load(trained)
+    del meta["synthesis"]
+    old = tmp_path / "old.safetensors"
+    checkpoint.save(old, tensors, meta)
+    r = synth("--checkpoint", str(old), "--text", "Hi.", "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "written before checkpoints recorded what synthesis needs" in r.stderr
+    meta["config"]["data"]["path"] = str(tmp_path / "gone")
+    checkpoint.save(old, tensors, meta)
+    r = synth("--checkpoint", str(old), "--text", "Hi.", "--out", str(tmp_path / "o2"))
+    assert r.returncode == 0, r.stderr
+    assert "is not readable" in r.stderr
+    assert "pitch_normalised" in json.loads((tmp_path / "o2" / "utt.json").read_text())
+
+
+def test_hifigan_vocoder_in_synthesis(trained, tmp_path):
+    from fastcpu.models import hifigan
+    rng = np.random.default_rng(0)
+    w = {k: (rng.standard_normal(s) * (0.3 / np.sqrt(np.prod(s[1:])) if len(s) > 1 else 0.01)
+             ).astype(np.float32) for k, s in hifigan.expected_shapes().items()}
+    voc = tmp_path / "hifigan.safetensors"
+    hifigan.Generator(w).save(voc)
+    r = synth("--checkpoint", str(trained), "--text", "Hello there.", "--out", str(tmp_path / "h"),
+              "--vocoder", "hifigan", "--vocoder-checkpoint", str(voc))
+    assert r.returncode == 0, r.stderr
+    from scipy.io import wavfile
+    mel = np.load(tmp_path / "h" / "utt.npy")
+    _, wav = wavfile.read(tmp_path / "h" / "utt.wav")
+    assert len(wav) == 256 * len(mel)                      # HiFi-GAN: hop samples per frame
+    want = hifigan.Generator(w)(mel)
+    assert np.abs(wav / 32767 - np.clip(want, -1, 1)).max() < 2e-4
+    for extra, msg in [([], "HiFi-GAN weights are not bundled"),
+                       (["--vocoder-checkpoint", str(tmp_path / "g.pth.tar")], "convert it first"),
+                       (["--vocoder-checkpoint", str(trained)], "not a HiFi-GAN generator file")]:
+        r = synth("--checkpoint", str(trained), "--text", "Hi.", "--out", str(tmp_path / "x"),
+                  "--vocoder", "hifigan", *extra)
+        assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr

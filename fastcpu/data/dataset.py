@@ -92,6 +92,32 @@ def read_split(path) -> list:
     return out
 
 
+def front_end_of(root, speakers) -> dict:
+    """A corpus's ``front_end.json``; for a corpus written before it existed, inferred: espeak-ng
+    if every speaker is one of the builder's ("espeak_*"), else CMUdict, marked "inferred"."""
+    p = Path(root) / "front_end.json"
+    if p.is_file():
+        try:
+            fe = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise DataError(f"{p}: not valid JSON ({e})") from None
+        if not isinstance(fe, dict) or fe.get("kind") not in ("espeak", "lexicon"):
+            raise DataError(f"{p}: 'kind' must be \"espeak\" or \"lexicon\", got "
+                            f"{fe.get('kind') if isinstance(fe, dict) else fe!r}")
+        return fe
+    if speakers and all(str(s).startswith("espeak_") for s in speakers):
+        return {"kind": "espeak", "voice": "en-us", "inferred": True}
+    return {"kind": "lexicon", "lexicon": "cmudict", "inferred": True}
+
+
+def synthesis_record(corpus) -> dict:
+    """What synthesis needs from the corpus a model was trained on, kept in every checkpoint
+    (``meta["synthesis"]``): speakers, pitch/energy statistics, the front end, the symbols."""
+    from fastcpu.data.symbols import SYMBOLS
+    return {"speakers": dict(corpus.speakers), "stats": dict(corpus.stats),
+            "front_end": dict(corpus.front_end), "symbols": list(SYMBOLS)}
+
+
 class PreprocessedCorpus:
     """One split of a preprocessed corpus; items are dicts like the reference's Dataset."""
 
@@ -103,6 +129,7 @@ class PreprocessedCorpus:
         self.utts = read_split(self.split)
         self.stats = self._json("stats.json")
         self.speakers = self._json("speakers.json")
+        self.front_end = front_end_of(self.root, self.speakers)
         for k in ("pitch", "energy"):
             v = self.stats.get(k)
             if not (isinstance(v, list) and len(v) == 4):

@@ -126,7 +126,7 @@ def build(out, voices=("en-us",), n=240, val_size=16, seed=0, rate=None, mel_dty
                 meta.append(f"{base}|{text}|{text}")
             if log and (i + 1) % 50 == 0:
                 log(f"  {i + 1}/{len(texts)} utterances ({time.time() - t0:.0f} s)")
-        summary = w.finish(val_size, seed)
+        summary = w.finish(val_size, seed, {"kind": "espeak", "voice": list(voices)[0]})
     if raw is not None:
         (raw / "metadata.csv").write_text("".join(x + "\n" for x in meta), encoding="utf-8")
     summary["skipped"] = skipped

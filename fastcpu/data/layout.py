@@ -6,7 +6,7 @@ directory, so a failed run leaves no partial corpus. It saves each utterance's d
 and raw (Hz / magnitude) phone-level pitch and energy, accumulates the outlier-filtered values
 for the z-score statistics, and on ``finish`` rewrites pitch and energy normalised, writes
 ``stats.json`` ([min, max, mean, std], min/max of the normalised values), ``speakers.json``
-and a seeded ``train.txt`` / ``val.txt`` split — the reference's steps (spec §6.2, 5-7) with
+``front_end.json`` (how text becomes the phones) and a seeded ``train.txt`` / ``val.txt`` split — the reference's steps (spec §6.2, 5-7) with
 the population std its StandardScaler computes. Output is byte-for-byte deterministic.
 """
 from __future__ import annotations
@@ -66,7 +66,10 @@ class CorpusWriter:
         self.lines.append(f"{basename}|{speaker}|{{{' '.join(f.phones)}}}|{raw_text}")
         self.frames += int(f.duration.sum())
 
-    def finish(self, val_size: int, seed: int = 1234) -> dict:
+    def finish(self, val_size: int, seed: int = 1234, front_end: dict | None = None) -> dict:
+        """``front_end``: how text becomes this corpus's phones (``front_end.json``: {"kind":
+        "espeak", "voice": ...} or {"kind": "lexicon", "lexicon": "cmudict" | a file's name and
+        SHA-256}); synthesis and every checkpoint read it back."""
         if len(self.lines) <= val_size:
             raise DataError(f"{self.out}: only {len(self.lines)} utterances were usable; "
                             f"need more than val_size={val_size}")
@@ -83,6 +86,8 @@ class CorpusWriter:
             stats[kind] = [lo, hi, mean, std]
         (self.tmp / "stats.json").write_text(json.dumps(stats) + "\n")
         (self.tmp / "speakers.json").write_text(json.dumps(self.speakers) + "\n")
+        if front_end is not None:
+            (self.tmp / "front_end.json").write_text(json.dumps(front_end, sort_keys=True) + "\n")
         lines = list(self.lines)
         random.Random(seed).shuffle(lines)
         for name, part in (("val.txt", lines[:val_size]), ("train.txt", lines[val_size:])):

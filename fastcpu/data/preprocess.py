@@ -109,7 +109,9 @@ def find_textgrid(base, dirs):
 
 def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, seed=1234,
                workers=None, overwrite=False, log=print, peak_normalise=True,
-               pitch_opts=F.REFERENCE_PITCH) -> dict:
+               pitch_opts=F.REFERENCE_PITCH, front_end=None) -> dict:
+    """``front_end`` ({"kind": ...}, see ``CorpusWriter.finish``): the front end the alignments'
+    phones came from; default CMUdict (MFA's English lexicons are ARPAbet)."""
     corpus = Path(corpus)
     if not corpus.is_dir():
         raise DataError(f"{corpus}: corpus directory not found")
@@ -151,9 +153,23 @@ def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, se
         finally:
             if ex:
                 ex.shutdown(cancel_futures=True)
-        summary = w.finish(val_size, seed)
+        summary = w.finish(val_size, seed, front_end or {"kind": "lexicon", "lexicon": "cmudict"})
     summary["skipped"], summary["missing_textgrid"] = skipped, missing
     return summary
+
+
+def front_end_record(kind: str, lexicon=None, voice: str = "en-us") -> dict:
+    """The ``front_end.json`` of a corpus (see ``CorpusWriter.finish``)."""
+    if kind == "espeak":
+        return {"kind": "espeak", "voice": voice}
+    if lexicon is None:
+        return {"kind": "lexicon", "lexicon": "cmudict"}
+    import hashlib
+    p = Path(lexicon)
+    if not p.is_file():
+        raise DataError(f"{p}: lexicon file not found")
+    return {"kind": "lexicon", "lexicon": {"name": p.name, "path": str(p.resolve()),
+                                           "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}}
 
 
 def main(argv=None) -> int:
@@ -179,7 +195,18 @@ def main(argv=None) -> int:
     ap.add_argument("--unvoiced-from-alignment", action="store_true",
                     help="mark the frames of unvoiced phones (S SH F TH HH T K P CH) unvoiced "
                          "before interpolating the pitch")
+    ap.add_argument("--front-end", choices=["lexicon", "espeak"], default="lexicon",
+                    help="where the alignments' phones came from, recorded for synthesis: "
+                         "lexicon (MFA with CMUdict or --lexicon; default) or espeak (espeak-ng)")
+    ap.add_argument("--lexicon", help="the lexicon file MFA aligned with (recorded by name and "
+                                      "SHA-256; synthesis uses it when it is found again)")
+    ap.add_argument("--voice", default="en-us", help="espeak-ng voice of --front-end espeak")
     a = ap.parse_args(argv)
+    try:
+        front_end = front_end_record(a.front_end, a.lexicon, a.voice)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         pitch_opts = F.PitchOptions(a.pitch, tuple(a.f0_range or (71.0, 800.0)),
                                     a.unvoiced_from_alignment)
@@ -190,7 +217,7 @@ def main(argv=None) -> int:
     try:
         s = preprocess(a.corpus, a.out, a.textgrids, a.speaker, a.val_size, a.seed,
                        a.workers, a.overwrite, peak_normalise=a.peak_normalise,
-                       pitch_opts=pitch_opts)
+                       pitch_opts=pitch_opts, front_end=front_end)
     except DataError as e:                     # bad input: exit 2, as the trainer
         print(f"error: {e}", file=sys.stderr)
         return 2

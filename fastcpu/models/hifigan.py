@@ -200,6 +200,9 @@ class Generator:
             w = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise VocoderError(f"{path}: not a safetensors generator file ({e})") from None
+        if any(n.startswith("model/") for n in w):
+            raise VocoderError(f"{path}: a fastcpu FastSpeech2 checkpoint, not a HiFi-GAN "
+                               f"generator file")
         if any(n.endswith(".weight_v") for n in w):
             w = fold_weight_norm(w)
         return cls(w, source=str(path), backend=backend)
