@@ -291,8 +291,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastcpu.bench", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=16, help="utterances per step (default 16)")
-    ap.add_argument("--phonemes", type=parse_range, default="60-120",
-                    help="phonemes per utterance, LO-HI (default 60-120)")
+    ap.add_argument("--phonemes", type=parse_range, default=None,
+                    help="phonemes per utterance, LO-HI (default 60-120; --inference 20-150)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side (default 1)")
@@ -311,7 +311,17 @@ def main(argv=None) -> int:
     ap.add_argument("--contention", type=int, default=0, metavar="N",
                     help="run a background process doing N-thread NumPy matmuls during the "
                          "timing, for every side alike (default 0: none)")
+    ap.add_argument("--inference", action="store_true",
+                    help="synthesis instead of training: acoustic model, HiFi-GAN and text->wav "
+                         "against PyTorch (--batch sentences; see fastcpu.bench_inference)")
+    ap.add_argument("--stages", help="--inference: some of acoustic,hifigan,text2wav (default "
+                                     "all)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="--inference: processes per side and stage, alternating (default 2)")
     ap.add_argument("--child", choices=list(SIDES), help=argparse.SUPPRESS)
+    ap.add_argument("--child-stage", help=argparse.SUPPRESS)
+    ap.add_argument("--child-side", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("batch", "threads", "steps"):
         if getattr(args, name) < 1:
@@ -326,6 +336,14 @@ def main(argv=None) -> int:
               f"OPENBLAS_L2_SIZE python -m fastcpu.bench ...\nor pass --allow-openblas-env to "
               f"measure anyway.", file=sys.stderr)
         return 2
+    if args.inference:
+        from fastcpu import bench_inference
+        if args.child_stage:
+            return bench_inference.child(args.child_stage, args.child_side, Path(args.workdir),
+                                         args.config, args.threads, args.steps)
+        return bench_inference.run(args)
+    if args.phonemes is None:
+        args.phonemes = "60-120"
     from fastcpu.config import ConfigError, load_config
     from fastcpu.startup import UsageError, config_path
     try:
