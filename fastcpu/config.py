@@ -306,6 +306,8 @@ class TrainConfig:
     init_from: str = ""                     # fine-tune: weights from this checkpoint, run fresh
     reinit: list = field(default_factory=list)   # module names kept freshly initialised
     freeze: list = field(default_factory=list)   # module names not trained
+    # texts or "{PH ON ES}" strings synthesised free-running at each sample (synth_step, end)
+    sample_sentences: list = field(default_factory=list)
 
     def validate(self, where="train"):
         _positive(self, where, "batch_size", "group_size", "total_step", "log_step", "val_step",
@@ -330,6 +332,9 @@ class TrainConfig:
             v = getattr(self, k)
             if not all(isinstance(x, str) and x for x in v):
                 raise ConfigError(f"{where}.{k}: expected a list of module names, got {v!r}")
+        if not all(isinstance(x, str) and x.strip() for x in self.sample_sentences):
+            raise ConfigError(f"{where}.sample_sentences: expected a list of texts or "
+                              f"'{{PH ON ES}}' strings, got {self.sample_sentences!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"{where}.precision: must be fp32 or bf16, got {self.precision!r}")
 

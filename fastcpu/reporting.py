@@ -97,10 +97,13 @@ class Board:
             self.val.add_scalar(f"loss/{k}", v, step)
         self.val.flush()
 
-    def sample(self, rgb, audio: dict, sr: int, step: int) -> None:
+    def sample(self, rgb, audio: dict, sr: int, step: int, free=()) -> None:
         self.val.add_image("mel", rgb, step, dataformats="HWC")
         for kind, wav in audio.items():
             self.val.add_audio(f"audio/{kind}", np.clip(wav, -1, 1), step, sample_rate=sr)
+        for label, frgb, wav in free:
+            self.val.add_image(f"free/{label}", frgb, step, dataformats="HWC")
+            self.val.add_audio(f"free/{label}", np.clip(wav, -1, 1), step, sample_rate=sr)
         self.val.flush()
 
     def close(self, best_val=None, last_val=None) -> None:
@@ -330,11 +333,15 @@ class Reporter:
                  f"e {v['energy']:.3f}){best}")
         self.say(full, short)
 
-    def sample(self, model, b, step: int) -> None:
-        """The first utterance of a validation batch, teacher-forced: a mel figure (target over
-        prediction, time in seconds, frequency in Hz, colour bar) and Griffin-Lim audio of both
-        the prediction and the target (the same reconstruction, so only the mel differs; no
-        per-file normalisation), to samples/ and TensorBoard."""
+    def sample(self, model, b, step: int, sentences=()) -> None:
+        """Into ``samples/step-N/`` and TensorBoard: the first utterance of a validation batch,
+        teacher-forced (a mel figure, target over prediction, time in seconds, frequency in Hz,
+        colour bar; Griffin-Lim audio of the prediction), and each of ``sentences`` ([(label,
+        Phonemised, ids)], ``train.sample_sentences``) free-running — predicted durations,
+        pitch and energy — as a mel figure and Griffin-Lim audio. Once per run, the same
+        Griffin-Lim of the *target* mel (``samples/<id>-target.wav``, TensorBoard
+        ``audio/target`` at the first sample), so a listener can tell the vocoder's artefacts
+        (there in the target too) from the model's errors. No per-file normalisation."""
         from scipy.io import wavfile
 
         from fastcpu import plots
@@ -350,17 +357,44 @@ class Reporter:
         pred, target = out.postnet_mel.numpy()[0, :one.max_mel_len], one.mels[0]
         uid = one.ids[0]
         fig = plots.mel_figure(target, pred, f"{uid}, step {step} (validation, teacher-forced)")
-        audio = {"prediction": features.griffin_lim(pred, normalise=False),
-                 "target": features.griffin_lim(np.asarray(target, np.float32),
-                                                normalise=False)}
-        d = self.run_dir / "samples"
-        d.mkdir(exist_ok=True)
-        (d / f"step-{step:08d}-{uid}.png").write_bytes(plots.to_png(fig))
-        for kind, wav in audio.items():
-            pcm = (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
-            wavfile.write(d / f"step-{step:08d}-{uid}-{kind}.wav", features.SR, pcm)
+        audio = {"prediction": features.griffin_lim(pred, normalise=False)}
+        root = self.run_dir / "samples"
+        d = root / f"step-{step:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+
+        def wav_out(path, wav):
+            wavfile.write(path, features.SR, (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16))
+        once = root / f"{uid}-target.wav"
+        if not once.exists():
+            audio["target"] = features.griffin_lim(np.asarray(target, np.float32),
+                                                   normalise=False)
+            wav_out(once, audio["target"])
+        (d / f"{uid}.png").write_bytes(plots.to_png(fig))
+        wav_out(d / f"{uid}-prediction.wav", audio["prediction"])
+        free = []
+        if sentences:
+            ids = [x for _, _, x in sentences]
+            lens = np.array([len(x) for x in ids])
+            texts = np.zeros((len(ids), lens.max()), np.int64)
+            for i, x in enumerate(ids):
+                texts[i, :len(x)] = x
+            model.eval()
+            try:
+                with no_grad():
+                    o = model.infer(texts, lens)
+            finally:
+                model.train()
+            for i, (label, ph, _) in enumerate(sentences):
+                mel = o.postnet_mel.numpy()[i, :int(o.mel_lens[i])]
+                if len(mel) < 2:
+                    continue
+                ffig = plots.mel_one(mel, f"{label}, step {step} (free-running): {ph.text[:60]}")
+                wav = features.griffin_lim(mel, normalise=False)
+                (d / f"{label}.png").write_bytes(plots.to_png(ffig))
+                wav_out(d / f"{label}.wav", wav)
+                free.append((label, plots.to_rgb(ffig), wav))
         if self.tb:
-            self.tb.sample(plots.to_rgb(fig), audio, features.SR, step)
+            self.tb.sample(plots.to_rgb(fig), audio, features.SR, step, free)
 
     # -- profile ----------------------------------------------------------------------------
     def profile(self, prof, steps: int, step: int) -> None:

@@ -226,3 +226,34 @@ def parse_phonemes(text: str) -> Phonemised:
     if not phones:
         raise TextError("--phonemes: no phones given")
     return Phonemised(text.strip(), [("<phonemes>", phones)], phones)
+
+
+def front_end_for(record: dict, lexicon=None):
+    """The front end a corpus's ``front_end.json`` record names (espeak-ng with its voice, or a
+    lexicon — ``lexicon`` overrides CMUdict — with espeak-ng for missing words)."""
+    if record.get("kind") == "espeak" and lexicon is None:
+        return Espeak(record.get("voice", "en-us"))
+    return Lexicon(lexicon, fallback=Espeak())
+
+
+def to_ids(sentences, record: dict, symbols) -> list:
+    """[(label, Phonemised, ids)] for texts or ``{PH ON ES}`` strings, with ``record``'s front
+    end (built only if a text needs it). Raises TextError naming the sentence."""
+    table = {s: i for i, s in enumerate(symbols)}
+    fe, out = None, []
+    for n, s in enumerate(sentences, 1):
+        s = str(s)
+        try:
+            if s.strip().startswith("{"):
+                ph = parse_phonemes(s)
+            else:
+                if fe is None:
+                    fe = front_end_for(record)
+                ph = fe(s)
+            bad = [p for p in ph.phones if "@" + p not in table]
+            if bad:
+                raise TextError(f"phone {bad[0]!r} is not in the symbol table")
+        except TextError as e:
+            raise TextError(f"sentence {n} ({s[:40]!r}): {e}") from None
+        out.append((f"s{n}", ph, [table["@" + p] for p in ph.phones]))
+    return out

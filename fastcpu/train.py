@@ -61,6 +61,7 @@ class Trainer:
         from fastcpu.data.dataset import synthesis_record
         self.cfg, self.root, self.train_set, self.val_set = cfg, root, train, val
         self.synthesis = synthesis_record(train)
+        self.sample_sentences = self._sentences(cfg.train.sample_sentences)
         self.run_dir = run_dir
         self.report = Reporter(run_dir, cfg, out)
         nn.init.manual_seed(cfg.train.seed)
@@ -78,6 +79,20 @@ class Trainer:
         self.last_val_step, self.last_val = -1, None
         if resume is not None:
             self._load(*resume)
+
+    def _sentences(self, texts) -> list:
+        """``train.sample_sentences`` through the corpus's front end, once; a front end that is
+        not installed (espeak-ng: the ``synth`` extra) skips them with a note."""
+        if not texts:
+            return []
+        from fastcpu import text
+        from fastcpu.data.espeak import EspeakError
+        try:
+            return text.to_ids(texts, self.synthesis["front_end"], self.synthesis["symbols"])
+        except (text.TextError, EspeakError, ImportError) as e:
+            self.report.say(f"note: train.sample_sentences skipped: {e} "
+                            f"(pip install 'fastcpu[synth]' for the text front ends)")
+            return []
 
     @property
     def step(self) -> int:
@@ -281,7 +296,7 @@ class Trainer:
         if improved:
             self.save("best")
         if first is not None and (why == "end" or self.step % self.cfg.train.synth_step == 0):
-            self.report.sample(self.model, first, self.step)
+            self.report.sample(self.model, first, self.step, self.sample_sentences)
         return True
 
     # -- the loop ---------------------------------------------------------------------------

@@ -73,10 +73,12 @@ def test_run_learns_and_writes_metrics_tensorboard_checkpoints_samples(baseline)
     for name in ("final", "best", "step-00000025"):
         _, meta = weights(ck / f"{name}.safetensors")
         assert meta["fastcpu_version"] and meta["threads"] == 2 and meta["config"]["name"]
-    pngs = sorted((run / "samples").glob("*.png"))
+    pngs = sorted((run / "samples" / f"step-{STEPS:08d}").glob("*.png"))
     assert pngs and pngs[-1].read_bytes().startswith(b"\x89PNG")
-    for kind in ("prediction", "target"):           # both through the same Griffin-Lim
-        (wav,) = (run / "samples").glob(f"step-{STEPS:08d}-*-{kind}.wav")
+    # the prediction at each sample, the target once, both through the same Griffin-Lim
+    for wavs in [(run / "samples" / f"step-{STEPS:08d}").glob("*-prediction.wav"),
+                 (run / "samples").glob("*-target.wav")]:
+        (wav,) = wavs
         from scipy.io import wavfile
         sr, x = wavfile.read(wav)
         assert sr == 22050 and x.dtype == np.int16 and len(x) > 1000
