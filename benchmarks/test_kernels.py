@@ -85,6 +85,34 @@ def test_conv1d(benchmark, impl, shape):
     run(benchmark, step, rounds=7)
 
 
+# --------------------------------------------------------------------------- vocoder
+VOC = {"128ch-k11-d5": (22016, 128, 11, 5), "32ch-k7-d3": (88064, 32, 7, 3)}   # 4 s of audio
+
+
+@pytest.mark.benchmark(group="vocoder conv")
+@pytest.mark.parametrize("shape", list(VOC))
+@backends("vocoder")
+def test_vocoder_conv(benchmark, impl, shape):
+    """A HiFi-GAN ResBlock conv (leaky ReLU, dilated conv, residual add), inference."""
+    Tv, Cv, K, d = VOC[shape]
+    benchmark.group = f"vocoder leaky_relu + conv1d {shape} T{Tv} + residual"
+    x, w, b = r32(Tv, Cv), r32(Cv, Cv, K, scale=0.02), r32(Cv)
+    res = r32(Tv, Cv)
+    if impl == "torch":
+        conv = torch.nn.Conv1d(Cv, Cv, K, dilation=d, padding=d * (K - 1) // 2).eval()
+        tx, tres = torch.tensor(x.T.copy())[None], torch.tensor(res.T.copy())[None]
+
+        def step():
+            with torch.inference_mode():
+                conv(TF.leaky_relu(tx, 0.1)).add_(tres)
+    else:
+        kk = kernels.get("vocoder", impl)
+
+        def step():
+            kk.conv(x, w, b, d, 0.1, out=res, accumulate=True)
+    run(benchmark, step, rounds=7)
+
+
 # --------------------------------------------------------------------------- ffn
 @pytest.mark.benchmark(group="ffn 256-1024-k9 relu 1024-256-k1 B16 T400 ragged")
 @backends("ffn")

@@ -24,7 +24,6 @@ the ratio fastcpu/PyTorch, and the real-time factor (seconds of audio per second
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile

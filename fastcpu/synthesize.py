@@ -238,11 +238,11 @@ def _speaker(value, speakers, cfg) -> int:
     return sid
 
 
-HIFIGAN_HELP = ("HiFi-GAN weights are not bundled (they are not redistributable here): download "
-                "the reference project's generator_LJSpeech.pth.tar or generator_universal.pth.tar "
-                "(ming024/FastSpeech2, hifigan/), convert it once with `python -m fastcpu.convert "
-                "generator_LJSpeech.pth.tar hifigan.safetensors` (needs the convert extra) and pass "
-                "--vocoder-checkpoint hifigan.safetensors")
+HIFIGAN_HELP = ("HiFi-GAN weights are not bundled (they are not redistributable here): "
+                "download the reference project's generator_LJSpeech.pth.tar or "
+                "generator_universal.pth.tar (ming024/FastSpeech2, hifigan/), convert it once "
+                "with `python -m fastcpu.convert generator_LJSpeech.pth.tar hifigan.safetensors` "
+                "(needs the convert extra) and pass --vocoder-checkpoint hifigan.safetensors")
 
 
 def _vocoder(a):

@@ -95,6 +95,21 @@ def normalise(text: str) -> str:
     return " ".join(t.split())
 
 
+def readable(text: str) -> str:
+    """``normalise(text)``, or TextError when nothing is left to read: characters that no front
+    end can map (no letters or digits once transliterated to ASCII: "☃", "🙂") are named as
+    such; a line of only punctuation says so."""
+    norm = normalise(text)
+    if not re.search(r"[a-z0-9]", norm):
+        odd = sorted({c for c in text if ord(c) > 127 and not re.search(r"[a-z0-9]",
+                                                                         normalise(c))})
+        if odd:
+            raise TextError(f"characters no front end can map: {' '.join(odd[:5])} "
+                            f"(U+{ord(odd[0]):04X}) in {text!r}")
+        raise TextError(f"no words in {text!r}")
+    return norm
+
+
 @dataclass
 class Phonemised:
     text: str                                   # the normalised text
@@ -133,7 +148,7 @@ class Espeak:
         return [p for _, _, p in ivs]
 
     def __call__(self, text: str) -> Phonemised:
-        norm = normalise(text)
+        norm = readable(text)
         words, phones = [], []
         for segment in re.split(r"[,;:.!?()\"]|\s-+\s", norm):   # a pause at each
             if not re.search(r"[a-z]", segment):
@@ -192,7 +207,7 @@ class Lexicon:
         self.fallback_words = []
 
     def __call__(self, text: str) -> Phonemised:
-        norm = normalise(text)
+        norm = readable(text)
         words, phones = [], []
         for tok in _TOKENS.findall(norm):
             if tok in PUNCTUATION or not tok.strip("'"):
@@ -205,7 +220,11 @@ class Lexicon:
             if ph is None:
                 if self.fallback is None:
                     raise TextError(f"{word!r} is not in the lexicon ({self.source})")
-                ph = self.fallback.word(word)
+                try:
+                    ph = self.fallback.word(word)
+                except TextError as e:
+                    raise TextError(f"{word!r}: not in the lexicon ({self.source}), and {e}") \
+                        from None
                 self.fallback_words.append(word)
             words.append((word, list(ph)))
             phones += ph

@@ -1,4 +1,5 @@
-# The few oneDNN (3.2) C API calls fastcpu uses: matmul primitives on plain strided 2-D memory.
+# The few oneDNN (3.2) C API calls fastcpu uses: matmul primitives on plain strided 2-D memory,
+# and (the vocoder) 1-D convolution / deconvolution primitives with channels-last activations.
 # Declarations only; the types and values come from the library's own header at compile time.
 from libc.stdint cimport int64_t, int32_t
 
@@ -16,8 +17,19 @@ cdef extern from "oneapi/dnnl/dnnl.h" nogil:
         dnnl_cpu
     ctypedef enum dnnl_alg_kind_t:
         dnnl_eltwise_relu
+        dnnl_eltwise_tanh
+        dnnl_convolution_direct
+        dnnl_deconvolution_direct
+    ctypedef enum dnnl_prop_kind_t:
+        dnnl_forward_inference
+    ctypedef enum dnnl_format_tag_t:
+        dnnl_format_tag_any
+        dnnl_nwc
+        dnnl_oiw
+        dnnl_x
     ctypedef enum dnnl_query_t:
         dnnl_query_impl_info_str
+        dnnl_query_weights_md
     ctypedef enum dnnl_cpu_isa_t:
         dnnl_cpu_isa_avx512_core
         dnnl_cpu_isa_avx512_core_bf16
@@ -27,6 +39,8 @@ cdef extern from "oneapi/dnnl/dnnl.h" nogil:
     int DNNL_ARG_WEIGHTS
     int DNNL_ARG_BIAS
     int DNNL_ARG_DST
+    int DNNL_ARG_FROM
+    int DNNL_ARG_TO
 
     ctypedef void* dnnl_engine_t
     ctypedef void* dnnl_stream_t
@@ -54,6 +68,13 @@ cdef extern from "oneapi/dnnl/dnnl.h" nogil:
                                                       const dnnl_dims_t dims,
                                                       dnnl_data_type_t data_type,
                                                       const dnnl_dims_t strides)
+    dnnl_status_t dnnl_memory_desc_create_with_tag(dnnl_memory_desc_t* md, int ndims,
+                                                  const dnnl_dims_t dims,
+                                                  dnnl_data_type_t data_type,
+                                                  dnnl_format_tag_t tag)
+    int dnnl_memory_desc_equal(const_dnnl_memory_desc_t lhs, const_dnnl_memory_desc_t rhs)
+    size_t dnnl_memory_desc_get_size(const_dnnl_memory_desc_t md)
+    dnnl_status_t dnnl_memory_desc_clone(dnnl_memory_desc_t* md, const_dnnl_memory_desc_t src)
     dnnl_status_t dnnl_memory_desc_destroy(dnnl_memory_desc_t md)
     dnnl_status_t dnnl_memory_create(dnnl_memory_t* memory, const_dnnl_memory_desc_t md,
                                      dnnl_engine_t engine, void* handle)
@@ -78,6 +99,23 @@ cdef extern from "oneapi/dnnl/dnnl.h" nogil:
                                                     dnnl_primitive_attr_t attr)
     dnnl_status_t dnnl_primitive_desc_query(dnnl_primitive_desc_t pd, dnnl_query_t what,
                                             int index, void* result)
+    const_dnnl_memory_desc_t dnnl_primitive_desc_query_md(dnnl_primitive_desc_t pd,
+                                                          dnnl_query_t what, int index)
+    dnnl_status_t dnnl_convolution_forward_primitive_desc_create(
+        dnnl_primitive_desc_t* pd, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind,
+        dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src_md,
+        const_dnnl_memory_desc_t weights_md, const_dnnl_memory_desc_t bias_md,
+        const_dnnl_memory_desc_t dst_md, const dnnl_dims_t strides, const dnnl_dims_t dilates,
+        const dnnl_dims_t padding_l, const dnnl_dims_t padding_r, dnnl_primitive_attr_t attr)
+    dnnl_status_t dnnl_deconvolution_forward_primitive_desc_create(
+        dnnl_primitive_desc_t* pd, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind,
+        dnnl_alg_kind_t alg_kind, const_dnnl_memory_desc_t src_md,
+        const_dnnl_memory_desc_t weights_md, const_dnnl_memory_desc_t bias_md,
+        const_dnnl_memory_desc_t dst_md, const dnnl_dims_t strides, const dnnl_dims_t dilates,
+        const dnnl_dims_t padding_l, const dnnl_dims_t padding_r, dnnl_primitive_attr_t attr)
+    dnnl_status_t dnnl_reorder_primitive_desc_create(
+        dnnl_primitive_desc_t* pd, const_dnnl_memory_desc_t src_md, dnnl_engine_t src_engine,
+        const_dnnl_memory_desc_t dst_md, dnnl_engine_t dst_engine, dnnl_primitive_attr_t attr)
     dnnl_status_t dnnl_primitive_desc_destroy(dnnl_primitive_desc_t pd)
     dnnl_status_t dnnl_primitive_create(dnnl_primitive_t* prim, dnnl_primitive_desc_t pd)
     dnnl_status_t dnnl_primitive_destroy(dnnl_primitive_t prim)

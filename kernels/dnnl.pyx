@@ -279,3 +279,160 @@ def to_bf16(cnp.ndarray x, cnp.ndarray y, int nthreads=1):
             for j in range(ni):
                 py[i * yo + j * yi] = _f2bf(px[i * xo + j * xi])
     return y
+
+
+# ----------------------------------------------------------------------------- 1-D convolution
+
+POST_NONE, POST_LRELU, POST_TANH = 0, 1, 2
+
+
+cdef class Conv:
+    """A 1-D convolution or deconvolution (transposed conv) primitive for one sequence length,
+    fp32, channels-last activations (src (T, Ci), dst (To, Co) C-contiguous: oneDNN's ``nwc``
+    with N = 1), weights reordered once into the layout the primitive chose, bias, and the
+    epilogue dst (+)= conv (+ b) then leaky ReLU (alpha) or tanh, as post-ops."""
+    cdef dnnl_primitive_t prim
+    cdef dnnl_memory_t msrc, mw, mb, mdst
+    cdef object wbuf, bbuf
+    cdef readonly str impl
+    cdef readonly long T, To, Ci, Co
+
+    def __cinit__(self):
+        self.prim = NULL
+        self.msrc = self.mw = self.mb = self.mdst = NULL
+
+    def __dealloc__(self):
+        if self.prim != NULL:
+            dnnl_primitive_destroy(self.prim)
+        if self.msrc != NULL:
+            dnnl_memory_destroy(self.msrc)
+        if self.mw != NULL:
+            dnnl_memory_destroy(self.mw)
+        if self.mb != NULL:
+            dnnl_memory_destroy(self.mb)
+        if self.mdst != NULL:
+            dnnl_memory_destroy(self.mdst)
+
+    def make(self, bint deconv, long T, long To, cnp.ndarray w, cnp.ndarray b, long stride,
+             long dilation, long pad_l, long pad_r, bint accumulate, int post, float alpha,
+             int nthreads):
+        """w: float32 (Co, Ci, K) C-contiguous (for a deconvolution, PyTorch's (Ci, Co, K)
+        transposed to that); b: float32 (Co,)."""
+        _init()
+        cdef dnnl_memory_desc_t mds = NULL, mdw = NULL, mdb = NULL, mdd = NULL, mdwu = NULL
+        cdef const_dnnl_memory_desc_t mdw_pd
+        cdef dnnl_primitive_attr_t attr = NULL
+        cdef dnnl_post_ops_t po = NULL
+        cdef dnnl_primitive_desc_t pd = NULL, rpd = NULL
+        cdef dnnl_primitive_t rprim = NULL
+        cdef dnnl_memory_t mwu = NULL
+        cdef const char* impl = NULL
+        cdef dnnl_dims_t ds, dw, db, dd, st, dl, pl, pr
+        cdef dnnl_exec_arg_t args[2]
+        cdef dnnl_status_t s
+        cdef long Co = w.shape[0], Ci = w.shape[1], K = w.shape[2]
+        self.T, self.To, self.Ci, self.Co = T, To, Ci, Co
+        ds[0], ds[1], ds[2] = 1, Ci, T
+        dd[0], dd[1], dd[2] = 1, Co, To
+        dw[0], dw[1], dw[2] = Co, Ci, K
+        db[0] = Co
+        st[0], dl[0], pl[0], pr[0] = stride, dilation - 1, pad_l, pad_r
+        openmp.omp_set_num_threads(nthreads)
+        try:
+            _ck(dnnl_memory_desc_create_with_tag(&mds, 3, ds, dnnl_f32, dnnl_nwc), b"md src")
+            _ck(dnnl_memory_desc_create_with_tag(&mdd, 3, dd, dnnl_f32, dnnl_nwc), b"md dst")
+            _ck(dnnl_memory_desc_create_with_tag(&mdw, 3, dw, dnnl_f32, dnnl_format_tag_any),
+                b"md weights")
+            _ck(dnnl_memory_desc_create_with_tag(&mdwu, 3, dw, dnnl_f32, dnnl_oiw), b"md w")
+            _ck(dnnl_memory_desc_create_with_tag(&mdb, 1, db, dnnl_f32, dnnl_x), b"md bias")
+            _ck(dnnl_primitive_attr_create(&attr), b"attr_create")
+            if accumulate or post != POST_NONE:
+                _ck(dnnl_post_ops_create(&po), b"post_ops_create")
+                if accumulate:
+                    _ck(dnnl_post_ops_append_sum(po, 1.0, 0, dnnl_data_type_undef), b"sum")
+                if post == POST_LRELU:
+                    _ck(dnnl_post_ops_append_eltwise(po, dnnl_eltwise_relu, alpha, 0.0),
+                        b"leaky relu")
+                elif post == POST_TANH:
+                    _ck(dnnl_post_ops_append_eltwise(po, dnnl_eltwise_tanh, 0.0, 0.0), b"tanh")
+                _ck(dnnl_primitive_attr_set_post_ops(attr, po), b"set_post_ops")
+            if deconv:
+                s = dnnl_deconvolution_forward_primitive_desc_create(
+                    &pd, _engine, dnnl_forward_inference, dnnl_deconvolution_direct, mds, mdw,
+                    mdb, mdd, st, dl, pl, pr, attr)
+            else:
+                s = dnnl_convolution_forward_primitive_desc_create(
+                    &pd, _engine, dnnl_forward_inference, dnnl_convolution_direct, mds, mdw,
+                    mdb, mdd, st, dl, pl, pr, attr)
+            _ck(s, b"(de)convolution primitive_desc_create")
+            _ck(dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl), b"query")
+            self.impl = impl.decode()
+            _ck(dnnl_primitive_create(&self.prim, pd), b"primitive_create")
+            mdw_pd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0)
+            self.wbuf = np.empty(dnnl_memory_desc_get_size(mdw_pd), np.uint8)
+            _ck(dnnl_memory_create(&self.mw, mdw_pd, _engine, cnp.PyArray_DATA(self.wbuf)),
+                b"memory_create")
+            # the weights, once, into the primitive's layout
+            _ck(dnnl_memory_create(&mwu, mdwu, _engine, cnp.PyArray_DATA(w)), b"memory_create")
+            _ck(dnnl_reorder_primitive_desc_create(&rpd, mdwu, _engine, mdw_pd, _engine, NULL),
+                b"reorder_primitive_desc_create")
+            _ck(dnnl_primitive_create(&rprim, rpd), b"primitive_create")
+            args[0].arg, args[0].memory = DNNL_ARG_FROM, mwu
+            args[1].arg, args[1].memory = DNNL_ARG_TO, self.mw
+            with nogil:
+                s = dnnl_primitive_execute(rprim, _stream, 2, args)
+                if s == dnnl_success:
+                    s = dnnl_stream_wait(_stream)
+            _ck(s, b"weights reorder")
+            self.bbuf = np.ascontiguousarray(b, np.float32)
+            _ck(dnnl_memory_create(&self.mb, mdb, _engine, cnp.PyArray_DATA(self.bbuf)),
+                b"memory_create")
+            _ck(dnnl_memory_create(&self.msrc, mds, _engine, NULL), b"memory_create")
+            _ck(dnnl_memory_create(&self.mdst, mdd, _engine, NULL), b"memory_create")
+        finally:
+            if mds != NULL:
+                dnnl_memory_desc_destroy(mds)
+            if mdd != NULL:
+                dnnl_memory_desc_destroy(mdd)
+            if mdw != NULL:
+                dnnl_memory_desc_destroy(mdw)
+            if mdwu != NULL:
+                dnnl_memory_desc_destroy(mdwu)
+            if mdb != NULL:
+                dnnl_memory_desc_destroy(mdb)
+            if mwu != NULL:
+                dnnl_memory_destroy(mwu)
+            if rprim != NULL:
+                dnnl_primitive_destroy(rprim)
+            if rpd != NULL:
+                dnnl_primitive_desc_destroy(rpd)
+            if po != NULL:
+                dnnl_post_ops_destroy(po)
+            if attr != NULL:
+                dnnl_primitive_attr_destroy(attr)
+            if pd != NULL:
+                dnnl_primitive_desc_destroy(pd)
+
+    def run(self, cnp.ndarray src, cnp.ndarray dst, int nthreads=1):
+        """dst (To, Co) (+)= the conv of src (T, Ci); both float32 C-contiguous."""
+        if src.dtype != np.float32 or dst.dtype != np.float32 or \
+                not src.flags.c_contiguous or not dst.flags.c_contiguous or \
+                src.ndim != 2 or dst.ndim != 2 or src.shape[0] != self.T or \
+                src.shape[1] != self.Ci or dst.shape[0] != self.To or dst.shape[1] != self.Co:
+            raise ValueError(f"conv: src must be float32 ({self.T}, {self.Ci}) and dst "
+                             f"({self.To}, {self.Co}), C-contiguous")
+        cdef dnnl_exec_arg_t args[4]
+        cdef dnnl_status_t s
+        dnnl_memory_set_data_handle(self.msrc, cnp.PyArray_DATA(src))
+        dnnl_memory_set_data_handle(self.mdst, cnp.PyArray_DATA(dst))
+        args[0].arg, args[0].memory = DNNL_ARG_SRC, self.msrc
+        args[1].arg, args[1].memory = DNNL_ARG_WEIGHTS, self.mw
+        args[2].arg, args[2].memory = DNNL_ARG_BIAS, self.mb
+        args[3].arg, args[3].memory = DNNL_ARG_DST, self.mdst
+        openmp.omp_set_num_threads(nthreads)
+        with nogil:
+            s = dnnl_primitive_execute(self.prim, _stream, 4, args)
+            if s == dnnl_success:
+                s = dnnl_stream_wait(_stream)
+        _ck(s, b"execute")
+        return dst

@@ -73,8 +73,25 @@ def test_the_espeak_front_end_gives_the_phones_the_corpus_was_aligned_with():
     r = fe("Hello world, the quick brown fox. Did Anna see it?")
     assert r.phones.count("sp") == 2 and r.phones[-1] != "sp"
     assert [w for w, _ in r.words][:4] == ["hello", "world", "<pause>", "the"]
-    with pytest.raises(text.TextError, match="no phonemes"):
+    with pytest.raises(text.TextError, match="no words"):
         fe("... !!")
+
+
+def test_front_end_bad_input_names_the_problem():
+    fe = text.Espeak()
+    for f in (fe, text.Lexicon(fallback=fe)):
+        with pytest.raises(text.TextError, match=r"characters no front end can map: ☃ .*U\+2603"):
+            f("☃☃ ☃")
+        with pytest.raises(text.TextError, match="no words in '... !!'"):
+            f("... !!")
+        assert f("ﬁne, 你好").phones                         # transliterated, then read
+
+    class Mute:                                             # a fallback with no phonemes
+        def word(self, w):
+            raise text.TextError(f"espeak-ng gives no phonemes for {w!r}")
+    with pytest.raises(text.TextError, match="'zxqv': not in the lexicon .*, and espeak-ng "
+                                             "gives no phonemes"):
+        text.Lexicon(fallback=Mute())("hello zxqv")
 
 
 def synth(*args, timeout=600):
@@ -114,8 +131,7 @@ def test_synthesize_bad_input_is_one_line_each_and_the_rest_is_written(trained, 
     src.write_text("a|A good sentence.\nb|...\n\nc|Another good one!\n")
     r = synth("--checkpoint", str(trained), "--source", str(src), "--out", str(tmp_path / "o"))
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"error: {src}:2: no words in '...'"] or \
-        r.stderr.strip().splitlines() == [f"error: {src}:2: no phonemes in '...'"]
+    assert r.stderr.strip().splitlines() == [f"error: {src}:2: no words in '...'"]
     assert sorted(p.name for p in (tmp_path / "o").glob("*.wav")) == ["a.wav", "c.wav"]
     assert "1 failed" in r.stdout
     cases = [
@@ -124,6 +140,8 @@ def test_synthesize_bad_input_is_one_line_each_and_the_rest_is_written(trained, 
         (["--text", "Hi.", "--speaker", "nobody"], "--speaker nobody: unknown"),
         (["--text", "Hi.", "--duration-control", "0"], "--duration-control must be > 0"),
         (["--text", "   "], "empty text"),
+        (["--text", "☃☃"], "characters no front end can map: ☃"),
+        (["--text", "Hi.", "--pitch-control", "-1"], "--pitch-control must be > 0"),
     ]
     for extra, want in cases:
         r = synth("--checkpoint", str(trained), "--out", str(tmp_path / "x"), *extra)
@@ -223,6 +241,10 @@ def test_hifigan_vocoder_in_synthesis(trained, tmp_path):
         r = synth("--checkpoint", str(trained), "--text", "Hi.", "--out", str(tmp_path / "x"),
                   "--vocoder", "hifigan", *extra)
         assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    # the vocoder file given as the acoustic model: another architecture, one line
+    r = synth("--checkpoint", str(voc), "--text", "Hi.", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "hifigan.safetensors" in r.stderr and \
+        r.stderr.count("\n") == 1, r.stderr
 
 
 def test_training_writes_free_running_sample_sentences(tmp_path):

@@ -98,6 +98,59 @@ def test_conv_transpose_fast_matches_reference(rng, T, Ci, Co, u, K, monkeypatch
                                    rtol=1e-4, atol=1e-5)
 
 
+needs_dnnl = pytest.mark.skipif(not __import__("fastcpu.kernels.gemm", fromlist=["x"]).available(),
+                                reason="oneDNN is not installed here")
+
+
+@needs_dnnl
+@pytest.mark.parametrize("T", [5, 32, 33, 100])          # one short tile, exact, overlapping
+@pytest.mark.parametrize("K,d,post", [(3, 1, None), (11, 5, "lrelu"), (7, 1, "tanh")])
+def test_onednn_tiled_conv_matches_reference(rng, T, K, d, post):
+    from fastcpu import runtime
+    L, Ci, Co = 32, 16, 24
+    x = rng.standard_normal((T, Ci)).astype(np.float32)
+    w = (rng.standard_normal((Co, Ci, K)) / np.sqrt(Ci * K)).astype(np.float32)
+    b = rng.standard_normal(Co).astype(np.float32)
+    src = V.buffer(T, L, Ci)
+    src[V.HALO:V.HALO + T] = x
+    dst = V.buffer(T, L, Co)
+    with runtime.threads(2):
+        V.OnednnConvs(2).conv(src, dst, T, L, w, b, d, post, 0.1)
+    ref = V.conv_reference(x.astype(np.float64), w.astype(np.float64), b, d)
+    ref = {None: ref, "lrelu": np.where(ref > 0, ref, 0.1 * ref), "tanh": np.tanh(ref)}[post]
+    np.testing.assert_allclose(dst[V.HALO:V.HALO + T], ref, rtol=1e-4, atol=1e-5)
+    assert not dst[:V.HALO].any()                        # the halo stays zero
+
+
+@needs_dnnl
+@pytest.mark.parametrize("T", [3, 16, 40])
+@pytest.mark.parametrize("u", [8, 2])
+def test_onednn_tiled_deconv_matches_reference(rng, T, u):
+    from fastcpu import runtime
+    L, Ci, Co, K = 16, 16, 8, 2 * u
+    x = rng.standard_normal((T, Ci)).astype(np.float32)
+    w = (rng.standard_normal((Ci, Co, K)) / np.sqrt(Ci)).astype(np.float32)
+    b = rng.standard_normal(Co).astype(np.float32)
+    src = V.buffer(T, L, Ci)
+    src[V.HALO:V.HALO + T] = x
+    dst = V.buffer(u * T, u * L, Co)
+    with runtime.threads(2):
+        V.OnednnConvs(2).deconv(src, dst, T, L, np.ascontiguousarray(w.transpose(1, 0, 2)), b,
+                                u, u // 2)
+    ref = V.conv_transpose_reference(x.astype(np.float64), w.astype(np.float64), b, u, u // 2)
+    np.testing.assert_allclose(dst[V.HALO:V.HALO + u * T], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_tiles_cover_the_sequence():
+    for T, L in [(1, 8), (8, 8), (9, 8), (100, 8)]:
+        starts = V.tiles(T, L)
+        covered = set()
+        for t0 in starts:
+            assert 0 <= t0 and (t0 + L <= T or T <= L)
+            covered |= set(range(t0, min(t0 + L, T)))
+        assert covered == set(range(T))
+
+
 def test_leaky_relu(rng):
     x = rng.standard_normal(1001).astype(np.float32)
     np.testing.assert_array_equal(V.leaky_relu_numba(x, 0.1),
@@ -127,12 +180,19 @@ def test_state_dict_names_and_shapes_are_the_reference(torch_gen):
     assert 13.8e6 < hifigan.n_params() < 14.0e6          # "about 13.9M"
 
 
-def test_generator_matches_pytorch(torch_gen):
+BACKENDS = ["numba"] + (["onednn"] if __import__("fastcpu.kernels.gemm",
+                                                 fromlist=["x"]).available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generator_matches_pytorch(torch_gen, backend, monkeypatch):
+    monkeypatch.setattr(V, "TILE_FRAMES", 16)          # 37 frames: two tiles, one overlapping
     torch.manual_seed(5)
     mel = torch.randn(1, 80, 37) - 4
     with torch.no_grad():
         want = torch_gen(mel)[0, 0].numpy()
-    gen = hifigan.Generator(_weights(torch_gen))
+    gen = hifigan.Generator(_weights(torch_gen), backend=backend)
+    assert gen.backend == backend
     got = gen(mel[0].numpy().T)
     assert got.shape == (37 * 256,) and got.dtype == np.float32
     scale = np.abs(want).max()

@@ -6,7 +6,8 @@ directory, so a failed run leaves no partial corpus. It saves each utterance's d
 and raw (Hz / magnitude) phone-level pitch and energy, accumulates the outlier-filtered values
 for the z-score statistics, and on ``finish`` rewrites pitch and energy normalised, writes
 ``stats.json`` ([min, max, mean, std], min/max of the normalised values), ``speakers.json``
-``front_end.json`` (how text becomes the phones) and a seeded ``train.txt`` / ``val.txt`` split — the reference's steps (spec §6.2, 5-7) with
+``front_end.json`` (how text becomes the phones) and a seeded ``train.txt`` / ``val.txt``
+split — the reference's steps (spec §6.2, 5-7) with
 the population std its StandardScaler computes. Output is byte-for-byte deterministic.
 """
 from __future__ import annotations

@@ -171,17 +171,82 @@ class Generator:
                         range(1, len(cfg.upsample_rates))}
         self._scaled[len(cfg.upsample_rates)] = self.weights["conv_post.weight"] / np.float32(nk)
         from fastcpu import kernels
+        from fastcpu.kernels import gemm
+        if backend not in ("auto", "onednn", "numba", "reference"):
+            raise ValueError(f"backend must be auto, onednn, numba or reference, got {backend!r}")
+        if backend == "auto":
+            backend = "onednn" if gemm.available() else "numba"
         self.backend = backend
-        self._k = kernels.get("vocoder", backend)
+        self._k = kernels.get("vocoder", "numba" if backend == "onednn" else backend)
+        self._dnnl = {}                                  # threads -> OnednnConvs
+        if backend == "onednn":
+            # deconvolution weights as oneDNN's (Co, Ci, K), the 1/3 folded in where it is
+            self._deconv_w = {i: np.ascontiguousarray(
+                self._scaled.get(i, self.weights[f"ups.{i}.weight"]).transpose(1, 0, 2))
+                for i in range(len(cfg.upsample_rates))}
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         mel = np.ascontiguousarray(mel, np.float32)
         if mel.ndim != 2 or mel.shape[1] != self.cfg.n_mels:
             raise VocoderError(f"{self.source}: mel must be (T, {self.cfg.n_mels}), got "
                                f"{mel.shape}")
+        if self.backend == "onednn":
+            return self._forward_onednn(mel)
         return _forward(self.weights, mel, self.cfg, self._k,
                         lambda i, w: self._scaled[i] if i in self._scaled else w,
                         lambda xs, n: xs)
+
+    def _forward_onednn(self, mel):
+        """The same network on oneDNN primitives in fixed tiles over zero-haloed buffers
+        (``fastcpu.kernels.vocoder``, section oneDNN): every bias and the leaky ReLU after each
+        ResBlock's first conv and the final tanh are post-ops; the leaky ReLU before a conv and
+        the residual add are one Numba pass between the two convs of a ResBlock step."""
+        from fastcpu import runtime
+        from fastcpu.kernels import vocoder as V
+        nt = runtime.num_threads()
+        c = self._dnnl.get(nt)
+        if c is None:
+            c = self._dnnl[nt] = V.OnednnConvs(nt)
+        cfg, W, H, tf = self.cfg, self.weights, V.HALO, V.TILE_FRAMES
+        nk = len(cfg.resblock_kernel_sizes)
+        T = len(mel)
+        mb = V.buffer(T, tf, cfg.n_mels)
+        mb[H:H + T] = mel
+        x = V.buffer(T, tf, cfg.upsample_initial_channel)
+        c.conv(mb, x, T, tf, W["conv_pre.weight"], W["conv_pre.bias"], 1)
+        L = tf
+        for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
+            a = V.buffer(T, L, x.shape[1])
+            V._act_into_nb(x, T, H, np.float32(LRELU_SLOPE), a)
+            co = self._deconv_w[i].shape[0]
+            xn = V.buffer(u * T, u * L, co)
+            c.deconv(a, xn, T, L, self._deconv_w[i], W[f"ups.{i}.bias"], u, (k - u) // 2)
+            T, L = u * T, u * L
+            a, y, z = (V.buffer(T, L, co) for _ in range(3))
+            xs = None
+            for j, dils in enumerate(cfg.resblock_dilation_sizes):
+                pre = f"resblocks.{i * nk + j}"
+                r = xn.copy()
+                V._act_into_nb(r, T, H, np.float32(LRELU_SLOPE), a)
+                for n, d in enumerate(dils):
+                    c.conv(a, y, T, L, W[f"{pre}.convs1.{n}.weight"], W[f"{pre}.convs1.{n}.bias"],
+                           d, "lrelu", LRELU_SLOPE)
+                    if T < L:
+                        y[H + T:H + L] = 0.0           # the tile's rows past the end
+                    c.conv(y, z, T, L, W[f"{pre}.convs2.{n}.weight"], W[f"{pre}.convs2.{n}.bias"],
+                           1)
+                    V._add_act_nb(r, z, T, H, np.float32(LRELU_SLOPE), a, n + 1 < len(dils))
+                if xs is None:
+                    xs = r
+                else:
+                    V._sum_into_nb(xs, r, T, H)
+            x = xs
+        a = V.buffer(T, L, x.shape[1])
+        V._act_into_nb(x, T, H, np.float32(POST_SLOPE), a)
+        out = V.buffer(T, L, 1)
+        c.conv(a, out, T, L, self._scaled[len(cfg.upsample_rates)], W["conv_post.bias"], 1,
+               "tanh")
+        return out[H:H + T, 0].copy()
 
     def vocode(self, mels) -> list:
         return [self(m) for m in mels]
