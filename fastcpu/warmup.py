@@ -3,7 +3,8 @@
     python -m fastcpu.warmup [--threads N]
 
 Runs one training step (forward, loss, backward, clip + Adam) of a small FastSpeech2 in training
-and eval mode, which calls every kernel with the types a real run uses; Numba compiles each once
+and eval mode and the HiFi-GAN kernels on tiny inputs, which calls every kernel with the types a
+real run uses; Numba compiles each once
 and stores it in its cache (``__pycache__`` next to the sources, or ``NUMBA_CACHE_DIR``). After
 this, a process reaches its first training step of the full model in a few seconds.
 """
@@ -46,6 +47,8 @@ def tiny_step(threads=None, config=None):
         model.eval()
         with no_grad():
             model.infer(texts, lens)
+        from fastcpu.kernels import vocoder
+        vocoder.warm()                                  # HiFi-GAN's kernels
     return time.perf_counter() - t0
 
 

@@ -33,6 +33,10 @@ W[c, o, r+p], W[c, o, r+p-u] if r >= p) and y = Y.reshape(u*T, Co) — 3/2 of th
 but one contiguous GEMM with a wide output (u*Co columns) and the im2col's fused leaky ReLU.
 Other geometries take one GEMM Z = act(x) @ W (Ci, K*Co) and the overlap-add
 y[s*u + k - p] += Z[s, k] (+ b).
+
+Where oneDNN is installed, ``fastcpu.models.hifigan.Generator`` runs the whole network on its
+convolution primitives instead (section oneDNN below: tiles over zero-haloed buffers, bias and
+output activations as post-ops); the im2col backend is the fallback and the reference for it.
 """
 from __future__ import annotations
 
@@ -407,6 +411,23 @@ class OnednnConvs:
 def buffer(T: int, L: int, C: int) -> np.ndarray:
     """A zero-haloed activation buffer: rows [HALO, HALO + T) are the sequence."""
     return np.zeros((max(T, L) + 2 * HALO, C), np.float32)
+
+
+def warm() -> None:
+    """Compile this module's Numba kernels (``python -m fastcpu.warmup``) on tiny inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 4, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    y = conv_numba(x, w, b, 1, 0.1)
+    conv_numba(x, w, b, 2, None, out=y, accumulate=True)
+    conv_numba(x, w, None, 1, None, out=y, accumulate=True)
+    conv_transpose_numba(x, rng.standard_normal((4, 2, 4)).astype(np.float32), b[:2], 2, 1, 0.1)
+    conv_transpose_numba(x, rng.standard_normal((4, 2, 5)).astype(np.float32), b[:2], 3, 1)
+    buf, a = buffer(6, 8, 4), buffer(6, 8, 4)
+    _act_into_nb(buf, 6, HALO, np.float32(0.1), a)
+    _add_act_nb(buf, a, 6, HALO, np.float32(0.1), a, True)
+    _sum_into_nb(buf, a, 6, HALO)
 
 
 BACKENDS = {
