@@ -98,7 +98,8 @@ class Board:
         self.val.flush()
 
     def sample(self, rgb, audio: dict, sr: int, step: int, free=()) -> None:
-        self.val.add_image("mel", rgb, step, dataformats="HWC")
+        if rgb is not None:
+            self.val.add_image("mel", rgb, step, dataformats="HWC")
         for kind, wav in audio.items():
             self.val.add_audio(f"audio/{kind}", np.clip(wav, -1, 1), step, sample_rate=sr)
         for label, frgb, wav in free:
@@ -334,7 +335,8 @@ class Reporter:
         self.say(full, short)
 
     def sample(self, model, b, step: int, sentences=()) -> None:
-        """Into ``samples/step-N/`` and TensorBoard: the first utterance of a validation batch,
+        """Into ``samples/step-N/`` and TensorBoard: the first utterance of validation batch
+        ``b`` (None: none this time; the trainer gives it every ``train.synth_step``),
         teacher-forced (a mel figure, target over prediction, time in seconds, frequency in Hz,
         colour bar; Griffin-Lim audio of the prediction), and each of ``sentences`` ([(label,
         Phonemised, ids)], ``train.sample_sentences``) free-running — predicted durations,
@@ -347,30 +349,33 @@ class Reporter:
         from fastcpu import plots
         from fastcpu.autograd import no_grad
         from fastcpu.data import features
-        one = b.one(0)
-        model.eval()
-        try:
-            with no_grad():
-                out = model.forward_batch(one)
-        finally:
-            model.train()
-        pred, target = out.postnet_mel.numpy()[0, :one.max_mel_len], one.mels[0]
-        uid = one.ids[0]
-        fig = plots.mel_figure(target, pred, f"{uid}, step {step} (validation, teacher-forced)")
-        audio = {"prediction": features.griffin_lim(pred, normalise=False)}
         root = self.run_dir / "samples"
         d = root / f"step-{step:08d}"
         d.mkdir(parents=True, exist_ok=True)
 
         def wav_out(path, wav):
             wavfile.write(path, features.SR, (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16))
-        once = root / f"{uid}-target.wav"
-        if not once.exists():
-            audio["target"] = features.griffin_lim(np.asarray(target, np.float32),
-                                                   normalise=False)
-            wav_out(once, audio["target"])
-        (d / f"{uid}.png").write_bytes(plots.to_png(fig))
-        wav_out(d / f"{uid}-prediction.wav", audio["prediction"])
+        fig, audio = None, {}
+        if b is not None:
+            one = b.one(0)
+            model.eval()
+            try:
+                with no_grad():
+                    out = model.forward_batch(one)
+            finally:
+                model.train()
+            pred, target = out.postnet_mel.numpy()[0, :one.max_mel_len], one.mels[0]
+            uid = one.ids[0]
+            fig = plots.mel_figure(target, pred,
+                                   f"{uid}, step {step} (validation, teacher-forced)")
+            audio["prediction"] = features.griffin_lim(pred, normalise=False)
+            once = root / f"{uid}-target.wav"
+            if not once.exists():
+                audio["target"] = features.griffin_lim(np.asarray(target, np.float32),
+                                                       normalise=False)
+                wav_out(once, audio["target"])
+            (d / f"{uid}.png").write_bytes(plots.to_png(fig))
+            wav_out(d / f"{uid}-prediction.wav", audio["prediction"])
         free = []
         if sentences:
             ids = [x for _, _, x in sentences]
@@ -394,7 +399,8 @@ class Reporter:
                 wav_out(d / f"{label}.wav", wav)
                 free.append((label, plots.to_rgb(ffig), wav))
         if self.tb:
-            self.tb.sample(plots.to_rgb(fig), audio, features.SR, step, free)
+            self.tb.sample(None if fig is None else plots.to_rgb(fig), audio, features.SR, step,
+                           free)
 
     # -- profile ----------------------------------------------------------------------------
     def profile(self, prof, steps: int, step: int) -> None:

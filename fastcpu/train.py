@@ -295,8 +295,11 @@ class Trainer:
         self.report.validation(rec, improved)
         if improved:
             self.save("best")
-        if first is not None and (why == "end" or self.step % self.cfg.train.synth_step == 0):
-            self.report.sample(self.model, first, self.step, self.sample_sentences)
+        teacher = first is not None and (why == "end" or
+                                         self.step % self.cfg.train.synth_step == 0)
+        if teacher or self.sample_sentences:    # free-running sentences at every validation
+            self.report.sample(self.model, first if teacher else None, self.step,
+                               self.sample_sentences)
         return True
 
     # -- the loop ---------------------------------------------------------------------------

@@ -248,28 +248,29 @@ def test_hifigan_vocoder_in_synthesis(trained, tmp_path):
 
 
 def test_training_writes_free_running_sample_sentences(tmp_path):
-    """train.sample_sentences (a text and a phone string) at each sample: samples/step-N/ and
-    TensorBoard, next to the teacher-forced sample; the target's Griffin-Lim once per run."""
+    """train.sample_sentences (a text and a phone string) at each validation: samples/step-N/
+    and TensorBoard, next to the teacher-forced sample (every synth_step); the target's
+    Griffin-Lim once per run."""
     r = subprocess.run([sys.executable, "-m", "fastcpu.train", "--config", "tiny",
                         "--output-dir", str(tmp_path), "--max-steps", "4", "--set",
-                        "train.synth_step=2", "--set", "train.val_step=2", "--set",
+                        "train.synth_step=4", "--set", "train.val_step=2", "--set",
                         'train.sample_sentences=["Hello there, friend.", '
                         '"{HH AH0 L OW1 sp W ER1 L D sp HH AW1 AA1 R Y UW1 T AH0 D EY1}"]'],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     s = tmp_path / "tiny" / "samples"
-    for step in (2, 4):
+    for step in (2, 4):                # free-running at every validation, teacher-forced at 4
         d = s / f"step-{step:08d}"
         names = {p.name for p in d.iterdir()}
         assert {"s1.wav", "s1.png", "s2.wav", "s2.png"} <= names, names
-        assert any(n.endswith("-prediction.wav") for n in names)
+        assert any(n.endswith("-prediction.wav") for n in names) == (step == 4), names
     assert len(list(s.glob("*-target.wav"))) == 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ea = EventAccumulator(str(tmp_path / "tiny" / "tb" / "val"), size_guidance={"audio": 0,
                                                                                 "images": 0})
     ea.Reload()
     assert [e.step for e in ea.Audio("free/s1")] == [2, 4]
-    assert [e.step for e in ea.Audio("audio/target")] == [2]
+    assert [e.step for e in ea.Audio("audio/target")] == [4]
     bad = subprocess.run([sys.executable, "-m", "fastcpu.train", "--config", "tiny",
                           "--output-dir", str(tmp_path / "b"), "--dry-run", "--set",
                           "train.sample_sentences=[3]"], capture_output=True, text=True,
