@@ -276,3 +276,18 @@ def to_ids(sentences, record: dict, symbols) -> list:
             raise TextError(f"sentence {n} ({s[:40]!r}): {e}") from None
         out.append((f"s{n}", ph, [table["@" + p] for p in ph.phones]))
     return out
+
+
+def sample_sentences(texts, record: dict, say) -> list:
+    """``train.sample_sentences`` through the corpus's front end (``to_ids``), once at the start
+    of a run; a front end that is not installed (espeak-ng: the ``synth`` extra) or a sentence it
+    cannot read skips them with a note (``say``), and the run goes on."""
+    if not texts:
+        return []
+    from fastcpu.data.espeak import EspeakError
+    try:
+        return to_ids(texts, record["front_end"], record["symbols"])
+    except (TextError, EspeakError, ImportError) as e:
+        say(f"note: train.sample_sentences skipped: {e} (pip install 'fastcpu[synth]' for the "
+            f"text front ends)")
+        return []

@@ -58,12 +58,14 @@ class Trainer:
         from fastcpu.models import FastSpeech2, FastSpeech2Loss
         from fastcpu.optim import Adam
         from fastcpu.reporting import Reporter
+        from fastcpu import text
         from fastcpu.data.dataset import synthesis_record
         self.cfg, self.root, self.train_set, self.val_set = cfg, root, train, val
         self.synthesis = synthesis_record(train)
-        self.sample_sentences = self._sentences(cfg.train.sample_sentences)
         self.run_dir = run_dir
         self.report = Reporter(run_dir, cfg, out)
+        self.sample_sentences = text.sample_sentences(cfg.train.sample_sentences,
+                                                      self.synthesis, self.report.say)
         nn.init.manual_seed(cfg.train.seed)
         self.model = FastSpeech2(cfg.model)
         fine_tune(self.model, cfg.train, resume is None, self.report.say)
@@ -79,20 +81,6 @@ class Trainer:
         self.last_val_step, self.last_val = -1, None
         if resume is not None:
             self._load(*resume)
-
-    def _sentences(self, texts) -> list:
-        """``train.sample_sentences`` through the corpus's front end, once; a front end that is
-        not installed (espeak-ng: the ``synth`` extra) skips them with a note."""
-        if not texts:
-            return []
-        from fastcpu import text
-        from fastcpu.data.espeak import EspeakError
-        try:
-            return text.to_ids(texts, self.synthesis["front_end"], self.synthesis["symbols"])
-        except (text.TextError, EspeakError, ImportError) as e:
-            self.report.say(f"note: train.sample_sentences skipped: {e} "
-                            f"(pip install 'fastcpu[synth]' for the text front ends)")
-            return []
 
     @property
     def step(self) -> int:
@@ -295,8 +283,7 @@ class Trainer:
         self.report.validation(rec, improved)
         if improved:
             self.save("best")
-        teacher = first is not None and (why == "end" or
-                                         self.step % self.cfg.train.synth_step == 0)
+        teacher = first is not None and (why == "end" or self.step % self.cfg.train.synth_step == 0)
         if teacher or self.sample_sentences:    # free-running sentences at every validation
             self.report.sample(self.model, first if teacher else None, self.step,
                                self.sample_sentences)

@@ -276,3 +276,14 @@ def test_training_writes_free_running_sample_sentences(tmp_path):
                           "train.sample_sentences=[3]"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "train.sample_sentences" in bad.stderr
+
+
+def test_sample_sentences_that_cannot_be_read_are_skipped_with_a_note():
+    from fastcpu.data.symbols import SYMBOLS
+    rec = {"front_end": {"kind": "espeak", "voice": "en-us"}, "symbols": list(SYMBOLS)}
+    notes = []
+    assert text.sample_sentences(["Fine.", "{HH XX1}"], rec, notes.append) == []
+    [note] = notes
+    assert "sentence 2" in note and "'XX1' is not in the symbol table" in note
+    got = text.sample_sentences(["Fine.", "{HH AH0}"], rec, notes.append)
+    assert [label for label, _, _ in got] == ["s1", "s2"] and len(notes) == 1
