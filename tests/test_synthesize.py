@@ -154,6 +154,13 @@ def test_synthesize_bad_input_is_one_line_each_and_the_rest_is_written(trained, 
     assert r.returncode == 2 and "junk.safetensors" in r.stderr
 
 
+def test_griffin_lim_of_a_two_or_three_frame_mel():
+    """An untrained model's free-running mel can be that short (the demo at --max-steps 2)."""
+    for T in (2, 3):
+        wav = F.griffin_lim(np.full((T, 80), -5.0, np.float32), normalise=False)
+        assert wav.shape == (256 * (T - 1),) and np.isfinite(wav).all()
+
+
 def test_fast_griffin_lim_needs_fewer_iterations():
     from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus
     m = PreprocessedCorpus(BUNDLED_CORPUS, "val.txt").load(0)["mel"].astype(np.float32)

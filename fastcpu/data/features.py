@@ -273,6 +273,8 @@ def griffin_lim(log_mel: np.ndarray, n_iter: int = 32, seed: int = 0,
     fb = mel_filterbank().astype(np.float64)
     mag = np.maximum(np.linalg.pinv(fb) @ np.exp(np.asarray(log_mel, np.float64).T), 0.0)
     length = HOP * (mag.shape[1] - 1)
+    if length <= N_FFT // 2:          # 2-3 frames: too short to re-analyse; no phase iterations
+        n_iter = 0
     phase = np.exp(2j * np.pi * np.random.default_rng(seed).random(mag.shape))
     y = istft(mag * phase, length)
     previous = np.zeros_like(phase)
