@@ -169,13 +169,18 @@ def _front_end(a, recorded: dict):
         else:
             print(f"note: the corpus was aligned with lexicon {lex.get('name')}, not found "
                   f"unchanged at {p}; using CMUdict (pass --lexicon FILE)", file=sys.stderr)
+    from fastcpu.data.espeak import EspeakError
     try:
+        text.normalise("1 test")                  # the normalisation libraries, imported now
         if kind == "espeak":
             return text.Espeak(recorded.get("voice", "en-us") if recorded.get("kind") == "espeak"
                                else "en-us")
         return text.Lexicon(lexicon, fallback=text.Espeak())
-    except text.TextError as e:
+    except (text.TextError, EspeakError) as e:
         raise SynthError(str(e)) from None
+    except ImportError as e:
+        raise SynthError(f"the text front ends need the synth extra: pip install "
+                         f"'fastcpu[synth]' ({e}); or give --phonemes") from None
 
 
 def run(a) -> int:

@@ -294,3 +294,17 @@ def test_sample_sentences_that_cannot_be_read_are_skipped_with_a_note():
     assert "sentence 2" in note and "'XX1' is not in the symbol table" in note
     got = text.sample_sentences(["Fine.", "{HH AH0}"], rec, notes.append)
     assert [label for label, _, _ in got] == ["s1", "s2"] and len(notes) == 1
+
+
+def test_a_missing_synth_extra_is_one_line(trained, tmp_path):
+    shim = ("import builtins, sys\nreal = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name.split('.')[0] in ('unidecode', 'inflect'):\n"
+            "        raise ImportError(f'No module named {name!r}')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "from fastcpu import synthesize\nsys.exit(synthesize.main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", shim, "--checkpoint", str(trained), "--text", "Hi.",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "pip install 'fastcpu[synth]'" in r.stderr
