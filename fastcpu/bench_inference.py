@@ -150,10 +150,7 @@ def _fastcpu_text2wav(work, cfg):
 
     def run():
         ids = [[SYMBOL_TO_ID["@" + p] for p in fe(t).phones] for t in lines]
-        lens = np.array([len(i) for i in ids])
-        texts = np.zeros((len(ids), lens.max()), np.int64)
-        for i, x in enumerate(ids):
-            texts[i, :len(x)] = x
+        texts, lens = text.pad_ids(ids)
         with no_grad():
             o = model.infer(texts, lens)
         mels = o.postnet_mel.numpy()

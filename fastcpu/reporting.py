@@ -378,11 +378,8 @@ class Reporter:
             wav_out(d / f"{uid}-prediction.wav", audio["prediction"])
         free = []
         if sentences:
-            ids = [x for _, _, x in sentences]
-            lens = np.array([len(x) for x in ids])
-            texts = np.zeros((len(ids), lens.max()), np.int64)
-            for i, x in enumerate(ids):
-                texts[i, :len(x)] = x
+            from fastcpu.text import pad_ids
+            texts, lens = pad_ids([x for _, _, x in sentences])
             model.eval()
             try:
                 with no_grad():

@@ -172,10 +172,8 @@ def _front_end(a, recorded: dict):
     from fastcpu.data.espeak import EspeakError
     try:
         text.normalise("1 test")                  # the normalisation libraries, imported now
-        if kind == "espeak":
-            return text.Espeak(recorded.get("voice", "en-us") if recorded.get("kind") == "espeak"
-                               else "en-us")
-        return text.Lexicon(lexicon, fallback=text.Espeak())
+        record = recorded if recorded.get("kind") == kind else {"kind": kind}
+        return text.front_end_for(record, lexicon if kind == "lexicon" else None)
     except (text.TextError, EspeakError) as e:
         raise SynthError(str(e)) from None
     except ImportError as e:
@@ -274,10 +272,8 @@ def _batch(model, items, speaker, a, stats, out, vocoder=None):
     from fastcpu.autograd import no_grad
     from fastcpu.data import features as F
     from scipy.io import wavfile
-    lens = np.array([len(ids) for _, _, ids in items])
-    texts = np.zeros((len(items), lens.max()), np.int64)
-    for i, (_, _, ids) in enumerate(items):
-        texts[i, :len(ids)] = ids
+    from fastcpu.text import pad_ids
+    texts, lens = pad_ids([ids for _, _, ids in items])
     with no_grad():
         o = model.infer(texts, lens, np.full(len(items), speaker, np.int64), a.pitch_control,
                         a.energy_control, a.duration_control)

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ABBREVIATIONS = {"mrs": "misess", "mr": "mister", "dr": "doctor", "st": "saint", "co": "company",
                  "jr": "junior", "maj": "major", "gen": "general", "drs": "doctors",
                  "rev": "reverend", "lt": "lieutenant", "hon": "honorable", "sgt": "sergeant",
@@ -253,6 +255,16 @@ def front_end_for(record: dict, lexicon=None):
     if record.get("kind") == "espeak" and lexicon is None:
         return Espeak(record.get("voice", "en-us"))
     return Lexicon(lexicon, fallback=Espeak())
+
+
+def pad_ids(ids) -> tuple:
+    """Phone-id sequences -> (texts (B, max len) int64 zero-padded, lengths (B,)): the batch
+    ``FastSpeech2.infer`` takes."""
+    lens = np.array([len(x) for x in ids], np.int64)
+    texts = np.zeros((len(ids), int(lens.max())), np.int64)
+    for i, x in enumerate(ids):
+        texts[i, :len(x)] = x
+    return texts, lens
 
 
 def to_ids(sentences, record: dict, symbols) -> list:
