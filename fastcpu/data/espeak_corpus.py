@@ -95,7 +95,7 @@ ESPEAK_PITCH_RANGE = 100          # espeak-ng's intonation range, 0-100 (its def
 
 def build(out, voices=("en-us",), n=240, val_size=16, seed=0, rate=None, mel_dtype="float32",
           sentences=None, raw=None, overwrite=False, log=print, pitch_range=ESPEAK_PITCH_RANGE,
-          pitch_opts=ESPEAK_PITCH) -> dict:
+          pitch_opts=ESPEAK_PITCH, test_size=0) -> dict:
     texts = list(sentences) if sentences is not None else S.generate(n, seed)
     texts = texts[:n]
     if raw is not None:
@@ -126,7 +126,8 @@ def build(out, voices=("en-us",), n=240, val_size=16, seed=0, rate=None, mel_dty
                 meta.append(f"{base}|{text}|{text}")
             if log and (i + 1) % 50 == 0:
                 log(f"  {i + 1}/{len(texts)} utterances ({time.time() - t0:.0f} s)")
-        summary = w.finish(val_size, seed, {"kind": "espeak", "voice": list(voices)[0]})
+        summary = w.finish(val_size, seed, {"kind": "espeak", "voice": list(voices)[0]},
+                           test_size)
     if raw is not None:
         (raw / "metadata.csv").write_text("".join(x + "\n" for x in meta), encoding="utf-8")
     summary["skipped"] = skipped
@@ -144,6 +145,8 @@ def main(argv=None) -> int:
                          "(default en-us)")
     ap.add_argument("--n", type=int, default=240, help="number of utterances (default 240)")
     ap.add_argument("--val-size", type=int, default=16, help="utterances in val.txt")
+    ap.add_argument("--test-size", type=int, default=0,
+                    help="utterances held out in test.txt (default 0: none)")
     ap.add_argument("--seed", type=int, default=0, help="sentence and split seed")
     ap.add_argument("--rate", type=int, default=None, help="speaking rate, words per minute")
     ap.add_argument("--pitch-range", type=int, default=ESPEAK_PITCH_RANGE,
@@ -157,8 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--raw", help="also write wavs + TextGrids + metadata.csv here")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     a = ap.parse_args(argv)
-    if a.n < 1 or a.val_size < 0:
-        ap.error("--n must be >= 1 and --val-size >= 0")
+    if a.n < 1 or a.val_size < 0 or a.test_size < 0:
+        ap.error("--n must be >= 1, --val-size and --test-size >= 0")
     sents = None
     if a.sentences:
         p = Path(a.sentences)
@@ -171,7 +174,8 @@ def main(argv=None) -> int:
         s = build(a.out, [v.strip() for v in a.voices.split(",") if v.strip()], a.n,
                   a.val_size, a.seed, a.rate, a.mel_dtype, sents, a.raw, a.overwrite,
                   pitch_range=a.pitch_range,
-                  pitch_opts=F.REFERENCE_PITCH if a.reference_pitch else ESPEAK_PITCH)
+                  pitch_opts=F.REFERENCE_PITCH if a.reference_pitch else ESPEAK_PITCH,
+                  test_size=a.test_size)
     except (DataError, EspeakError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

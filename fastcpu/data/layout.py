@@ -67,13 +67,14 @@ class CorpusWriter:
         self.lines.append(f"{basename}|{speaker}|{{{' '.join(f.phones)}}}|{raw_text}")
         self.frames += int(f.duration.sum())
 
-    def finish(self, val_size: int, seed: int = 1234, front_end: dict | None = None) -> dict:
+    def finish(self, val_size: int, seed: int = 1234, front_end: dict | None = None,
+               test_size: int = 0) -> dict:
         """``front_end``: how text becomes this corpus's phones (``front_end.json``: {"kind":
         "espeak", "voice": ...} or {"kind": "lexicon", "lexicon": "cmudict" | a file's name and
         SHA-256}); synthesis and every checkpoint read it back."""
-        if len(self.lines) <= val_size:
+        if len(self.lines) <= val_size + test_size:
             raise DataError(f"{self.out}: only {len(self.lines)} utterances were usable; "
-                            f"need more than val_size={val_size}")
+                            f"need more than val_size + test_size = {val_size + test_size}")
         stats = {}
         for kind, vals, dtype in (("pitch", self._pitch, np.float64),
                                   ("energy", self._energy, np.float32)):
@@ -91,7 +92,10 @@ class CorpusWriter:
             (self.tmp / "front_end.json").write_text(json.dumps(front_end, sort_keys=True) + "\n")
         lines = list(self.lines)
         random.Random(seed).shuffle(lines)
-        for name, part in (("val.txt", lines[:val_size]), ("train.txt", lines[val_size:])):
+        parts = [("val.txt", lines[:val_size]), ("train.txt", lines[val_size + test_size:])]
+        if test_size:               # held out from both (the reference's layout has no test.txt)
+            parts.append(("test.txt", lines[val_size:val_size + test_size]))
+        for name, part in parts:
             (self.tmp / name).write_text("".join(x + "\n" for x in part), encoding="utf-8")
         if self.out.exists():
             shutil.rmtree(self.out)

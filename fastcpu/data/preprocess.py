@@ -109,7 +109,7 @@ def find_textgrid(base, dirs):
 
 def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, seed=1234,
                workers=None, overwrite=False, log=print, peak_normalise=True,
-               pitch_opts=F.REFERENCE_PITCH, front_end=None) -> dict:
+               pitch_opts=F.REFERENCE_PITCH, front_end=None, test_size=0) -> dict:
     """``front_end`` ({"kind": ...}, see ``CorpusWriter.finish``): the front end the alignments'
     phones came from; default CMUdict (MFA's English lexicons are ARPAbet)."""
     corpus = Path(corpus)
@@ -153,7 +153,8 @@ def preprocess(corpus, out, textgrids=None, speaker="LJSpeech", val_size=512, se
         finally:
             if ex:
                 ex.shutdown(cancel_futures=True)
-        summary = w.finish(val_size, seed, front_end or {"kind": "lexicon", "lexicon": "cmudict"})
+        summary = w.finish(val_size, seed, front_end or {"kind": "lexicon", "lexicon": "cmudict"},
+                           test_size)
     summary["skipped"], summary["missing_textgrid"] = skipped, missing
     return summary
 
@@ -182,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--textgrids", help="directory of MFA TextGrids (<id>.TextGrid)")
     ap.add_argument("--speaker", default="LJSpeech", help="speaker name (default LJSpeech)")
     ap.add_argument("--val-size", type=int, default=512, help="utterances in val.txt")
+    ap.add_argument("--test-size", type=int, default=0,
+                    help="utterances held out in test.txt for evaluation (default 0: none, as "
+                         "the reference's layout)")
     ap.add_argument("--seed", type=int, default=1234, help="train/val split seed")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -212,12 +216,12 @@ def main(argv=None) -> int:
                                     a.unvoiced_from_alignment)
     except ValueError as e:
         ap.error(str(e))
-    if a.val_size < 0 or (a.workers is not None and a.workers < 1):
-        ap.error("--val-size must be >= 0 and --workers >= 1")
+    if a.val_size < 0 or a.test_size < 0 or (a.workers is not None and a.workers < 1):
+        ap.error("--val-size and --test-size must be >= 0 and --workers >= 1")
     try:
         s = preprocess(a.corpus, a.out, a.textgrids, a.speaker, a.val_size, a.seed,
                        a.workers, a.overwrite, peak_normalise=a.peak_normalise,
-                       pitch_opts=pitch_opts, front_end=front_end)
+                       pitch_opts=pitch_opts, front_end=front_end, test_size=a.test_size)
     except DataError as e:                     # bad input: exit 2, as the trainer
         print(f"error: {e}", file=sys.stderr)
         return 2
