@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("fastcpu.train", "train FastSpeech2 (the bundled corpus and demo config by default)"),
     "synthesize": ("fastcpu.synthesize", "text to speech from a trained checkpoint"),
     "export": ("fastcpu.export", "a weights-only inference file from a checkpoint"),
+    "evaluate": ("fastcpu.evaluate", "MCD, F0 RMSE, V/UV error of two wav folders"),
     "monitor": ("fastcpu.monitor", "watch a run: progress, losses, liveness, memory, disk"),
     "preprocess": ("fastcpu.preprocess", "wavs + MFA TextGrids -> the reference's feature layout"),
     "build-corpus": ("fastcpu.data.espeak_corpus", "make an aligned corpus with espeak-ng"),

@@ -41,9 +41,8 @@ def alpha_for(sr: int) -> float:
 
 def world_features(wav: np.ndarray, sr: int):
     """-> (f0 (T,), mel-cepstrum (T, 25)) of one waveform by WORLD + SPTK."""
-    import pysptk
-
-    from fastcpu.data.features import pyworld
+    from fastcpu.data.features import import_without_pkg_resources, pyworld
+    pysptk = import_without_pkg_resources("pysptk", "for MCD: pip install -e '.[eval]'")
     pw = pyworld()
     x = np.asarray(wav, np.float64)
     f0, t = pw.harvest(x, sr, frame_period=FRAME_PERIOD_MS)

@@ -189,7 +189,7 @@ def test_preprocess_bad_input_is_one_error_and_no_output(tmp_path, built, what, 
             f.write("no separator here\n")
         expect = f"{raw / 'metadata.csv'}:11: expected 'id|raw text|normalised text'"
     else:
-        expect = "only 10 utterances were usable; need more than val_size=512"
+        expect = "only 10 utterances were usable; need more than val_size + test_size = 512"
     out = tmp_path / "out"
     rc = preprocess_main(["--corpus", str(raw), "--out", str(out), "--workers", "1"] +
                          ([] if what == "too few" else ["--val-size", "2"]))

@@ -95,25 +95,31 @@ def mel_and_energy(wav: np.ndarray):
     return mel, energy
 
 
-def pyworld():
-    """Import pyworld (0.3.5 still imports the removed ``pkg_resources`` for its version
-    string; a stand-in is provided for that one call when setuptools no longer ships it)."""
+def import_without_pkg_resources(name: str, hint: str):
+    """Import ``name`` (pyworld 0.3.5, pysptk 1.0.1), which still import the removed
+    ``pkg_resources`` (for a version string, an example file's path): a stand-in with those two
+    calls is provided for the import when setuptools no longer ships it."""
+    import importlib
     try:
-        import pyworld as pw
-        return pw
+        return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name != "pkg_resources":
-            raise ModuleNotFoundError("pyworld is needed for pitch: pip install -e '.[data]'",
-                                      name="pyworld") from None
+            raise ModuleNotFoundError(f"{name} is needed {hint}", name=name) from None
     import importlib.metadata as md
+    import importlib.resources as res
     shim = types.ModuleType("pkg_resources")
-    shim.get_distribution = lambda name: types.SimpleNamespace(version=md.version(name))
+    shim.get_distribution = lambda dist: types.SimpleNamespace(version=md.version(dist))
+    shim.resource_filename = lambda pkg, path: str(res.files(pkg) / path)
     sys.modules["pkg_resources"] = shim
     try:
-        import pyworld as pw
+        return importlib.import_module(name)
     finally:
         del sys.modules["pkg_resources"]
-    return pw
+
+
+def pyworld():
+    """Import pyworld (see ``import_without_pkg_resources``)."""
+    return import_without_pkg_resources("pyworld", "for pitch: pip install -e '.[data]'")
 
 
 @dataclass(frozen=True)
