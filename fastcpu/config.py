@@ -275,6 +275,34 @@ def to_dict(obj) -> dict:
 
 
 @dataclass
+class LossConfig:
+    """Weights of the five loss terms in the training objective (the reference: all 1.0). The
+    logged terms stay unweighted; ``loss.weighted`` in metrics.jsonl is the objective."""
+    mel: float = 1.0
+    postnet_mel: float = 1.0
+    pitch: float = 1.0
+    energy: float = 1.0
+    duration: float = 1.0
+
+    def validate(self, where="loss"):
+        import math
+        for k in ("mel", "postnet_mel", "pitch", "energy", "duration"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{where}.{k}: must be a finite weight >= 0, got {v}")
+        if not any(getattr(self, k) > 0 for k in ("mel", "postnet_mel", "pitch", "energy",
+                                                  "duration")):
+            raise ConfigError(f"{where}: every weight is 0; nothing would be trained")
+
+    def weights(self) -> dict:
+        return {k: float(getattr(self, k)) for k in ("mel", "postnet_mel", "pitch", "energy",
+                                                     "duration")}
+
+    def is_default(self) -> bool:
+        return all(v == 1.0 for v in self.weights().values())
+
+
+@dataclass
 class DataConfig:
     path: str = ""                          # preprocessed corpus (reference layout); "" = bundled
     train_file: str = "train.txt"
@@ -346,6 +374,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def validate(self):
         if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
@@ -354,6 +383,7 @@ class Config:
         self.model.validate()
         self.optimizer.validate()
         self.train.validate()
+        self.loss.validate()
         return self
 
 

@@ -72,6 +72,7 @@ class Trainer:
         self.buffer = nn.flatten_parameters(self.model)
         self.opt = Adam(self.buffer, cfg.optimizer, cfg.model.decoder_hidden)
         self.loss_fn = FastSpeech2Loss()
+        self.loss_weights = cfg.loss.weights()
         self.batcher = Batcher(len(train), train.text_lengths(), cfg.train.batch_size,
                                cfg.train.group_size, cfg.train.seed)
         self.ckpts = checkpoint.Series(run_dir, cfg.train.keep_last)
@@ -169,7 +170,7 @@ class Trainer:
             total = None
             for name in TERMS:
                 sums[name] += terms[name].item() * w[name]
-                part = terms[name] * w[name]
+                part = terms[name] * (w[name] * self.loss_weights[name])
                 total = part if total is None else total + part
             times["forward"] += time.perf_counter() - t
             self.faults.after_forward(step_no, k == len(batches) - 1)
@@ -199,6 +200,8 @@ class Trainer:
         loss = sum(sums.values())
         rec = {"event": "train", "step": step_no, "epoch": self.batcher.epoch,
                "loss": {"total": loss, **sums}, "frames": frames}
+        if not self.cfg.loss.is_default():
+            rec["loss"]["weighted"] = sum(self.loss_weights[k] * v for k, v in sums.items())
         if not math.isfinite(loss):
             return self._skip(rec, "non-finite loss", times, t0, step_buffers), epoch_end
         t = time.perf_counter()
@@ -255,7 +258,10 @@ class Trainer:
         finally:
             self.model.train()
         vals = {k: sums[k] / (frames if k in MEL_TERMS else phones) for k in TERMS}
-        return {"total": sum(vals.values()), **vals}, first
+        out = {"total": sum(vals.values()), **vals}
+        if not self.cfg.loss.is_default():          # the objective (best) with loss weights
+            out["weighted"] = sum(self.loss_weights[k] * v for k, v in vals.items())
+        return out, first
 
     def run_validation(self, why: str) -> bool:
         t0 = time.perf_counter()
@@ -268,11 +274,12 @@ class Trainer:
         vals, first = res
         st.pending_val, self.last_val_step = False, self.step
         self.last_val = vals["total"]
-        improved = vals["total"] < st.best_val
+        objective = vals.get("weighted", vals["total"])
+        improved = objective < st.best_val
         rec = {"event": "val", "step": self.step, "epoch": self.batcher.epoch, "why": why,
                "loss": vals, "seconds": time.perf_counter() - t0}
         if improved:
-            st.best_val, st.bad_vals = vals["total"], 0
+            st.best_val, st.bad_vals = objective, 0
         else:
             st.bad_vals += 1
         rec["best"] = st.best_val
