@@ -155,6 +155,7 @@ class TrainState:
     nonfinite: int = 0             # non-finite steps in a row
     pending_val: bool = False      # a validation was interrupted: redo it first on resume
     train_avg: float | None = None     # running mean of the training loss (divergence check)
+    best_step: int | None = None   # the step of the best validation (retention keeps its files)
     sampler: dict = field(default_factory=dict)
     rng: dict = field(default_factory=dict)
 
@@ -168,7 +169,8 @@ class TrainState:
         return cls(step=int(d["step"]), best_val=math.inf if d["best_val"] is None
                    else float(d["best_val"]), bad_vals=int(d["bad_vals"]),
                    nonfinite=int(d["nonfinite"]), pending_val=bool(d["pending_val"]),
-                   train_avg=d["train_avg"], sampler=d["sampler"], rng=d["rng"])
+                   train_avg=d["train_avg"], sampler=d["sampler"], rng=d["rng"],
+                   best_step=d.get("best_step"))
 
 
 KINDS = ("step", "epoch", "best", "final", "interrupted", "emergency")
@@ -254,7 +256,7 @@ class Series:
         path = save_training_state(self.path(kind, meta["state"]["step"], epoch), model,
                                    optimizer, meta)
         if kind in ("step", "epoch"):
-            self.retain(kind)
+            self.retain(kind, meta["state"].get("best_step"))
         return path
 
     def slim_periodic(self) -> int:
@@ -272,9 +274,18 @@ class Series:
                 n += 1
         return n
 
-    def retain(self, kind: str) -> None:
+    def retain(self, kind: str, best_step=None) -> None:
+        """Delete all but the newest ``keep_last`` files of a periodic kind — never the newest,
+        and never one written at the best validation's step (``best`` itself is weights-only by
+        default; that file keeps its full state, for fine-tuning or resuming from the best)."""
         if self.keep_last <= 0:
             return
         files = sorted(self.dir.glob(f"{kind}-*.safetensors"))
         for p in files[:-self.keep_last]:
+            if best_step is not None:
+                try:
+                    if int(peek_meta(p)["state"]["step"]) == best_step:
+                        continue
+                except (OSError, ValueError, KeyError, TypeError, struct.error):
+                    pass
             p.unlink()

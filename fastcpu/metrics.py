@@ -77,12 +77,19 @@ def mcd_aligned(c_ref: np.ndarray, c_gen: np.ndarray) -> float:
     return float(MCD_CONST * np.mean(np.sqrt((diff * diff).sum(-1))))
 
 
-def compare_wavs(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
+def compare_wavs(ref, gen, sr: int, aligned: bool = False) -> dict:
     """{"mcd_db", "f0_rmse_hz", "vuv_error", "frames"} of a generated waveform against a
-    reference (see the module doc)."""
-    f0r, mcr = world_features(ref, sr)
-    f0g, mcg = world_features(gen, sr)
-    path, _ = dtw_path(mcr[:, 1:], mcg[:, 1:])
+    reference (see the module doc). Either side may be given as its ``world_features`` already
+    computed (an (f0, mcep) pair). ``aligned``: the two are frame-aligned already (a
+    teacher-forced prediction of the same length), so frame k meets frame k and there is no
+    DTW."""
+    f0r, mcr = ref if isinstance(ref, tuple) else world_features(ref, sr)
+    f0g, mcg = gen if isinstance(gen, tuple) else world_features(gen, sr)
+    if aligned:
+        k = np.arange(min(len(mcr), len(mcg)))
+        path = np.stack([k, k], 1)
+    else:
+        path, _ = dtw_path(mcr[:, 1:], mcg[:, 1:])
     a, b = path[:, 0], path[:, 1]
     mcd = mcd_aligned(mcr[a, 1:], mcg[b, 1:])
     vr, vg = f0r[a] > 0, f0g[b] > 0
@@ -91,3 +98,23 @@ def compare_wavs(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
         float("nan")
     return {"mcd_db": mcd, "f0_rmse_hz": f0_rmse, "vuv_error": float(np.mean(vr != vg)),
             "frames": int(len(path))}
+
+
+# ARPAbet phones produced with the vocal folds vibrating: the vowels (any stress) and the voiced
+# consonants. Pitch errors are taken over these; the unvoiced consonants and the silences carry
+# only the corpus's interpolated pitch, which is nothing a listener hears.
+VOICED_VOWELS = ("AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY",
+                 "UH", "UW")
+VOICED_CONSONANTS = ("B", "D", "DH", "G", "JH", "L", "M", "N", "NG", "R", "V", "W", "Y", "Z",
+                     "ZH")
+
+
+def voiced_phones(symbols) -> np.ndarray:
+    """Boolean mask over a symbol table: True for the voiced ARPAbet phones ("@AH0", "@B", ...)."""
+    voiced = set(VOICED_CONSONANTS)
+    out = np.zeros(len(symbols), bool)
+    for i, s in enumerate(symbols):
+        if s.startswith("@"):
+            p = s[1:]
+            out[i] = p in voiced or p.rstrip("012") in VOICED_VOWELS
+    return out

@@ -5,7 +5,8 @@
     python -m fastcpu.synthesize --checkpoint CKPT --source sentences.txt --out out/
     python -m fastcpu.synthesize --checkpoint CKPT --phonemes "{HH AH0 L OW1}" --out out/
 
-``--source`` takes one sentence per line, or ``id|text`` lines. For each sentence it writes
+``--source`` takes one sentence per line, or ``id|text`` lines; a text in braces is phones
+(``{HH AH0 L OW1}``, as ``--phonemes``). For each sentence it writes
 ``<id>.wav`` (22050 Hz, 16-bit), ``<id>.npy`` (the mel, [T, 80]), ``<id>.json`` (the normalised
 text, words and their phones, the predicted durations in frames and seconds, pitch in Hz and
 energy per phone) and ``<id>.png`` (the mel with time and frequency axes). Sentences run in
@@ -47,12 +48,18 @@ class SynthError(ValueError):
 def load_model(path):
     """-> (model, config, meta) from a fastcpu checkpoint (full or weights-only)."""
     from fastcpu import checkpoint
-    from fastcpu.config import Config, ConfigError, from_dict
-    from fastcpu.models import FastSpeech2
     try:
         tensors, meta = checkpoint.load(path)
     except checkpoint.CheckpointError as e:
         raise SynthError(str(e)) from None
+    return model_from(tensors, meta, path)
+
+
+def model_from(tensors: dict, meta: dict, path):
+    """-> (model, config, meta) from a checkpoint's contents (``checkpoint.load``); ``path``
+    names it in errors."""
+    from fastcpu.config import Config, ConfigError, from_dict
+    from fastcpu.models import FastSpeech2
     if "config" not in meta:
         raise SynthError(f"{path}: has no run config (a reference checkpoint converted without "
                          f"--reference-config?); convert it again with its config")
@@ -200,13 +207,17 @@ def run(a) -> int:
     else:
         items = [("utt", a.text if a.text is not None else a.phonemes, 0)]
         where = lambda n: "--text" if a.text is not None else "--phonemes"   # noqa: E731
-    fe = None if a.phonemes else _front_end(a, info["front_end"])
+    fe = None                                  # built when a text needs it
     ready, failed = [], []
     for uid, t, n in items:
         try:
             if not t.strip():
                 raise text.TextError("empty text")
-            ph = text.parse_phonemes(t) if a.phonemes else fe(t)
+            if a.phonemes or t.strip().startswith("{"):
+                ph = text.parse_phonemes(t)
+            else:
+                fe = fe or _front_end(a, info["front_end"])
+                ph = fe(t)
             unknown = [p for p in ph.phones if "@" + p not in symbol_id]
             if unknown:
                 raise text.TextError(f"phone {unknown[0]!r} is not in the checkpoint's symbol "

@@ -279,7 +279,7 @@ class Trainer:
         rec = {"event": "val", "step": self.step, "epoch": self.batcher.epoch, "why": why,
                "loss": vals, "seconds": time.perf_counter() - t0}
         if improved:
-            st.best_val, st.bad_vals = objective, 0
+            st.best_val, st.bad_vals, st.best_step = objective, 0, self.step
         else:
             st.bad_vals += 1
         rec["best"] = st.best_val
