@@ -12,7 +12,11 @@ COMMANDS = {
     "train": ("fastcpu.train", "train FastSpeech2 (the bundled corpus and demo config by default)"),
     "synthesize": ("fastcpu.synthesize", "text to speech from a trained checkpoint"),
     "export": ("fastcpu.export", "a weights-only inference file from a checkpoint"),
-    "evaluate": ("fastcpu.evaluate", "MCD, F0 RMSE, V/UV error of two wav folders"),
+    "evaluate": ("fastcpu.evaluate", "score a checkpoint over a split (MCD, duration, pitch, "
+                                     "energy, loss), or two wav folders"),
+    "select": ("fastcpu.select", "rank a run's checkpoints by a metric; write the selected one"),
+    "compare": ("fastcpu.compare", "an HTML page to listen to checkpoints side by side"),
+    "report": ("fastcpu.report", "an HTML report of a run: curves, checkpoints, diagnosis"),
     "monitor": ("fastcpu.monitor", "watch a run: progress, losses, liveness, memory, disk"),
     "preprocess": ("fastcpu.preprocess", "wavs + MFA TextGrids -> the reference's feature layout"),
     "build-corpus": ("fastcpu.data.espeak_corpus", "make an aligned corpus with espeak-ng"),

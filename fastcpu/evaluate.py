@@ -204,8 +204,7 @@ def score_checkpoint(path, data_dir=None, split: str = "val", mode: str = "teach
     ds = open_split(cfg, data_dir, split)
     check_fit(path, cfg, info, ds)
     stats = ds.stats
-    p_mean, p_std = stats["pitch"][2], stats["pitch"][3]
-    e_mean, e_std = stats["energy"][2], stats["energy"][3]
+    p_std, e_std = stats["pitch"][3], stats["energy"][3]     # errors: differences * std
     voiced = metrics.voiced_phones(info.get("symbols") or _symbols())
     vocode = vocode or Vocode()
     batches = Batcher(len(ds), ds.text_lengths(), cfg.train.batch_size, 1, 0, drop_last=False,
@@ -221,7 +220,10 @@ def score_checkpoint(path, data_dir=None, split: str = "val", mode: str = "teach
             f = model.infer(b.texts, b.text_lens, b.speakers) if mode == "free" else o
         post, mel = o.postnet_mel.numpy(), o.mel.numpy()
         log_d, pitch, energy = o.log_duration.numpy(), o.pitch.numpy(), o.energy.numpy()
-        f_post, f_energy = f.postnet_mel.numpy(), f.energy.numpy()
+        # phone-level predictions as the mode makes them (duration and pitch come out the same
+        # in both: their predictors see the encoder alone; energy sees the pitch embedding)
+        f_post, f_energy, f_pitch = f.postnet_mel.numpy(), f.energy.numpy(), f.pitch.numpy()
+        f_dur = f.duration_rounded if mode == "free" else _rounded(log_d)
         for i in range(len(b)):
             n, T = int(b.text_lens[i]), int(b.mel_lens[i])
             tgt = b.mels[i, :T]
@@ -233,9 +235,9 @@ def score_checkpoint(path, data_dir=None, split: str = "val", mode: str = "teach
                                          ** 2)}
             for k, v in terms.items():
                 sums[k] += float(v) * (T if k in ("mel", "postnet_mel") else n)
-            d_err = np.abs(_rounded(log_d[i, :n]) - b.durations[i, :n])
+            d_err = np.abs(f_dur[i, :n] - b.durations[i, :n])
             v = voiced[b.texts[i, :n]]
-            p_err = (pitch[i, :n] - b.pitches[i, :n])[v] * p_std
+            p_err = (f_pitch[i, :n] - b.pitches[i, :n])[v] * p_std
             e_err = np.abs(f_energy[i, :n] - b.energies[i, :n]) * e_std
             pooled["d"].append(d_err)
             pooled["p"].append(p_err)
@@ -296,7 +298,7 @@ def table(summary: dict, rows: list, worst: int = 5) -> str:
              "  loss " + "  ".join(f"{k} {v:.4f}" for k, v in s["loss"].items())]
     bad = sorted((r for r in rows if np.isfinite(r["mcd_db"])), key=lambda r: -r["mcd_db"])
     if len(bad) > 1:
-        lines += ["", f"  highest MCD: " + ", ".join(f"{r['id']} {r['mcd_db']:.2f}"
+        lines += ["", "  highest MCD: " + ", ".join(f"{r['id']} {r['mcd_db']:.2f}"
                                                      for r in bad[:worst])]
     return "\n".join(lines)
 

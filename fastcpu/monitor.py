@@ -214,14 +214,10 @@ def plot(run: Path, log: Path, out: Path) -> int:
               file=sys.stderr)
         return 2
     from fastcpu import plots
+    from fastcpu.report import loss_curves
     recs = read_log(log)
-    curves = {}
-    for event in ("train", "val"):
-        rs = [r for r in recs if r.get("event") == event and isinstance(r.get("loss"), dict)
-              and isinstance(r.get("step"), int)]
-        curves[event] = {k: ([r["step"] for r in rs if k in r["loss"]],
-                             [r["loss"][k] for r in rs if k in r["loss"]])
-                         for k in (rs[0]["loss"] if rs else {})}
+    curves = {event: loss_curves([r for r in recs if r.get("event") == event and isinstance(
+        r.get("loss"), dict) and isinstance(r.get("step"), int)]) for event in ("train", "val")}
     if not curves["train"]:
         print(f"error: {log}: no training steps recorded yet", file=sys.stderr)
         return 2

@@ -79,6 +79,11 @@ def _mel_axes(ax, mel, lo, hi):
     ax.set_ylabel("frequency (Hz)")
 
 
+YLABELS = {"total": "sum of the five terms", "mel": "L1 (log-mel)",
+           "postnet_mel": "L1 (log-mel)", "pitch": "MSE (normalised pitch)",
+           "energy": "MSE (normalised energy)", "duration": "MSE (log(1 + frames))"}
+
+
 def loss_figure(train: dict, val: dict, title: str = ""):
     """Loss curves of a run: ``train`` / ``val`` map term -> (steps, values); total and the five
     terms, the training curves with their running mean."""
@@ -99,6 +104,7 @@ def loss_figure(train: dict, val: dict, title: str = ""):
             ax.plot(s, v, "o-", color="#d0542c", lw=1.6, ms=4, label="validation")
         ax.set_title(term, fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(YLABELS[term])
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
