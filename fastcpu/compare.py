@@ -120,8 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output directory (index.html and a folder "
                                                  "per checkpoint)")
     ap.add_argument("--speaker", default="0")
-    ap.add_argument("--vocoder", choices=["griffin-lim", "hifigan"], default="griffin-lim")
-    ap.add_argument("--vocoder-checkpoint", metavar="FILE")
+    synthesize.add_vocoder_args(ap)
     ap.add_argument("--threads", type=int, default=0, help="0: every core")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -138,7 +137,8 @@ def main(argv=None) -> int:
     for k, (p, name, header) in enumerate(cols, 1):
         print(f"[{k}/{len(cols)}] {header}", file=sys.stderr)
         args = ["--checkpoint", str(p), "--source", a.sentences, "--out", str(out / name),
-                "--speaker", a.speaker, "--vocoder", a.vocoder, "--threads", str(a.threads)]
+                "--speaker", a.speaker, "--vocoder", a.vocoder, "--griffin-lim-iters",
+                str(a.griffin_lim_iters), "--threads", str(a.threads)]
         if a.vocoder_checkpoint:
             args += ["--vocoder-checkpoint", a.vocoder_checkpoint]
         rc = synthesize.main(args)

@@ -310,11 +310,21 @@ def write(out, rows, summary) -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1) + "\n")
+
+
+def json_safe(v):
+    """NaN (a metric with nothing to average) as null: summary.json stays standard JSON."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [json_safe(x) for x in v]
+    return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
 def main(argv=None) -> int:
     from fastcpu.cli import add_version
+    from fastcpu.synthesize import add_vocoder_args
     ap = argparse.ArgumentParser(prog="python -m fastcpu.evaluate",
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -325,10 +335,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", choices=list(SPLITS), default="val")
     ap.add_argument("--mode", choices=["teacher", "free"], default="teacher",
                     help="teacher: target durations (frames align); free: inference, DTW")
-    ap.add_argument("--vocoder", choices=["griffin-lim", "hifigan"], default="griffin-lim",
-                    help="mel -> audio for MCD, the same for prediction and target")
-    ap.add_argument("--vocoder-checkpoint", metavar="FILE", help="HiFi-GAN generator weights")
-    ap.add_argument("--griffin-lim-iters", type=int, default=32)
+    add_vocoder_args(ap)                # mel -> audio for MCD, the same for both sides
     ap.add_argument("--threads", type=int, default=0, help="0: every core")
     ap.add_argument("--ref-wavs", help="reference wavs (with --gen-wavs, instead of "
                                        "--checkpoint)")

@@ -162,7 +162,8 @@ def select(run_dir, criterion="mcd", n_average=0, mode="teacher", split="val", d
                                "mcd_db", "duration_mae_frames", "pitch_rmse_hz", "energy_mae",
                                "loss", "n_utterances")}}
                           for i, e in enumerate(ranked, 1)]}
-    (run_dir / "selection.json").write_text(json.dumps(result, indent=1) + "\n")
+    (run_dir / "selection.json").write_text(json.dumps(evaluate.json_safe(result), indent=1)
+                                            + "\n")
     (run_dir / "selection.md").write_text(markdown(result) + "\n")
     return result
 
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     from fastcpu import runtime
     from fastcpu.cli import add_version
     from fastcpu.evaluate import vocoder_of
+    from fastcpu.synthesize import add_vocoder_args
     ap = argparse.ArgumentParser(prog="python -m fastcpu.select",
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,9 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=["teacher", "free"], default="teacher")
     ap.add_argument("--split", choices=["train", "val", "test"], default="val")
     ap.add_argument("--data-dir", help="the corpus (default: the run's)")
-    ap.add_argument("--vocoder", choices=["griffin-lim", "hifigan"], default="griffin-lim")
-    ap.add_argument("--vocoder-checkpoint", metavar="FILE")
-    ap.add_argument("--griffin-lim-iters", type=int, default=32)
+    add_vocoder_args(ap)
     ap.add_argument("--threads", type=int, default=0, help="0: every core")
     a = ap.parse_args(argv)
     try:

@@ -143,11 +143,7 @@ def main(argv=None) -> int:
                     help="auto: espeak for corpora made with espeak-ng, else lexicon")
     ap.add_argument("--lexicon", help="a lexicon file (WORD PH ON ES per line) instead of "
                                       "CMUdict")
-    ap.add_argument("--vocoder", choices=["griffin-lim", "hifigan"], default="griffin-lim",
-                    help="griffin-lim (default, no weights needed) or hifigan")
-    ap.add_argument("--vocoder-checkpoint", metavar="FILE",
-                    help="HiFi-GAN generator weights (.safetensors from python -m fastcpu.convert)")
-    ap.add_argument("--griffin-lim-iters", type=int, default=32)
+    add_vocoder_args(ap)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="0: every core")
     a = ap.parse_args(argv)
@@ -156,6 +152,16 @@ def main(argv=None) -> int:
     except SynthError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def add_vocoder_args(ap) -> None:
+    """--vocoder, --vocoder-checkpoint, --griffin-lim-iters (synthesize, evaluate, select,
+    compare); ``_vocoder`` reads them."""
+    ap.add_argument("--vocoder", choices=["griffin-lim", "hifigan"], default="griffin-lim",
+                    help="griffin-lim (default, no weights needed) or hifigan")
+    ap.add_argument("--vocoder-checkpoint", metavar="FILE",
+                    help="HiFi-GAN generator weights (.safetensors from python -m fastcpu.convert)")
+    ap.add_argument("--griffin-lim-iters", type=int, default=32)
 
 
 def _front_end(a, recorded: dict):

@@ -14,6 +14,19 @@ def _two_threads():
         yield
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The README's main job as a user runs it — ``python -m fastcpu.train``, no arguments, in a
+    fresh directory — once a session, for the tests of the run and of what follows it
+    (test_train, test_workflow): -> (that directory, the finished process)."""
+    import subprocess
+    import sys
+    cwd = tmp_path_factory.mktemp("demo")
+    r = subprocess.run([sys.executable, "-m", "fastcpu.train"], cwd=cwd, capture_output=True,
+                       text=True, timeout=900)
+    return cwd, r
+
+
 def rel_err(a, b, floor=1e-30):
     """max |a - b| relative to max |b| (the max-norm); ``floor`` bounds the denominator below for
     quantities that are mathematically 0 (then float rounding is judged against the inputs' scale).

@@ -30,10 +30,9 @@ def one_line_error(r, want):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The README's main job, as a user runs it: python -m fastcpu.train, no arguments."""
-    cwd = tmp_path_factory.mktemp("demo")
-    r = cli("train", cwd=cwd)
+def demo(demo_run):
+    """The no-argument demo run (conftest: once a session)."""
+    cwd, r = demo_run
     assert r.returncode == 0, r.stderr
     return cwd / "runs" / "demo"
 
@@ -244,3 +243,18 @@ def test_retention_never_deletes_the_best_steps_file(tmp_path):
                                                             "step-00000300.safetensors"]
     s.retain("step", best_step=None)
     assert [p.name for p in s.dir.glob("step-*")] == ["step-00000300.safetensors"]
+
+
+def test_a_checkpoint_of_another_symbol_table_or_mel_size_does_not_fit():
+    from fastcpu import evaluate
+    from fastcpu.config import Config
+    from fastcpu.data import BUNDLED_CORPUS, SYMBOLS, PreprocessedCorpus
+    ds = PreprocessedCorpus(BUNDLED_CORPUS, "val.txt")
+    cfg = Config()
+    info = {"symbols": list(SYMBOLS), "speakers": dict(ds.speakers), "stats": dict(ds.stats)}
+    evaluate.check_fit("c.safetensors", cfg, info, ds)               # fits
+    with pytest.raises(evaluate.EvalError, match="another symbol table"):
+        evaluate.check_fit("c.safetensors", cfg, {**info, "symbols": list(SYMBOLS)[:-5]}, ds)
+    cfg.model.n_mel_channels = 100
+    with pytest.raises(evaluate.EvalError, match="100 mel bins"):
+        evaluate.check_fit("c.safetensors", cfg, info, ds)
