@@ -61,6 +61,12 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
              f"memory: weights {gib(mem['weights'])} + grads {gib(mem['grads'])} + Adam "
              f"{gib(mem['adam'])} + activations ~{gib(mem['activations'])} (estimated for "
              f"the longest batch: {mem['max_phones']} phonemes / {mem['max_frames']} frames)"]
+    from fastcpu import distributed
+    w = distributed.world()
+    if w.size > 1:
+        lines.insert(2, f"data parallel: {w.describe()}; {runtime.num_threads()} thread(s) per "
+                        f"rank; global batch {w.size} x {c.batch_size} x accumulation "
+                        f"{o.grad_acc_step} = {w.size * c.batch_size * o.grad_acc_step}")
     if resumed_from:
         lines.append(f"resumed from {resumed_from}")
     return "\n".join(lines)

@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import fastcpu
 from fastcpu.faults import Faults
 from fastcpu.startup import (EXIT_USAGE, MEL_TERMS, TERMS, RunLock, UsageError,  # noqa: F401
@@ -58,12 +60,13 @@ class Trainer:
         from fastcpu.models import FastSpeech2, FastSpeech2Loss
         from fastcpu.optim import Adam
         from fastcpu.reporting import Reporter
-        from fastcpu import text
+        from fastcpu import distributed, text
         from fastcpu.data.dataset import synthesis_record
         self.cfg, self.root, self.train_set, self.val_set = cfg, root, train, val
         self.synthesis = synthesis_record(train)
         self.run_dir = run_dir
-        self.report = Reporter(run_dir, cfg, out)
+        self.world = distributed.world()
+        self.report = Reporter(run_dir, cfg, out) if self.world.root else distributed.Silent()
         self.sample_sentences = text.sample_sentences(cfg.train.sample_sentences,
                                                       self.synthesis, self.report.say)
         nn.init.manual_seed(cfg.train.seed)
@@ -73,7 +76,9 @@ class Trainer:
         self.opt = Adam(self.buffer, cfg.optimizer, cfg.model.decoder_hidden)
         self.loss_fn = FastSpeech2Loss()
         self.loss_weights = cfg.loss.weights()
-        self.batcher = Batcher(len(train), train.text_lengths(), cfg.train.batch_size,
+        # the global batch: train.batch_size utterances a rank (one process: the batch)
+        self.global_batch = cfg.train.batch_size * self.world.size
+        self.batcher = Batcher(len(train), train.text_lengths(), self.global_batch,
                                cfg.train.group_size, cfg.train.seed)
         self.ckpts = checkpoint.Series(run_dir, cfg.train.keep_last)
         self.state = checkpoint.TrainState()
@@ -103,6 +108,8 @@ class Trainer:
         st = state or self.snapshot()[0]
         if kind != "emergency":
             self.faults.at("in-save", st.step)
+        if not self.world.root:                  # rank 0 writes; the others hold the same state
+            return self.ckpts.path(kind, st.step, epoch)
         weights_only = kind == "best" and not self.cfg.train.best_with_optimizer
         meta = {"kind": kind, "state": st.to_meta(), "config": to_dict(self.cfg),
                 "fastcpu_version": fastcpu.__version__, "threads": runtime.num_threads(),
@@ -145,11 +152,30 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------
     def load_batch(self, dataset, idx):
+        """The batch ``idx`` — data-parallel: this rank's rows of it, padded to the whole
+        batch's longest text and mel, with the whole batch's frame and phoneme counts; None for
+        a rank without rows (a short last validation batch)."""
+        from fastcpu import distributed
         from fastcpu.data import collate
-        return collate([dataset.load(int(i)) for i in idx])
+        w = self.world
+        if w.size == 1:
+            return collate([dataset.load(int(i)) for i in idx])
+        idx = np.asarray(idx)
+        share = distributed.rows(len(idx), w.rank, w.size)
+        if share.start == share.stop:
+            return None
+        lengths = dataset.text_lengths()
+        b = collate([dataset.load(int(i)) for i in idx[share]],
+                    pad_to=(lengths[idx].max(), dataset.frames[idx].max()))
+        b.offset = share.start
+        b.global_counts = (int(dataset.frames[idx].sum()), int(lengths[idx].sum()))
+        return b
 
     # -- one step ---------------------------------------------------------------------------
     def forward_loss(self, b):
+        if self.world.size > 1:
+            from fastcpu.nn import functional as F
+            F.set_data_parallel(b.offset, len(b), self.world.sum_)
         out = self.model.forward_batch(b)
         return self.loss_fn(out, b.mels, b.pitches, b.energies, b.durations)
 
@@ -158,8 +184,9 @@ class Trainer:
         terms weighted by its share of the window's frames (mel) / phonemes (the others): the
         gradient of the large batch, however ragged. -> (loss terms of the window, frames)."""
         times = times if times is not None else {"forward": 0.0, "backward": 0.0}
-        frames = sum(b.frames for b in batches)
-        phones = sum(b.phones for b in batches)
+        counts = [b.global_counts or (b.frames, b.phones) for b in batches]
+        frames = sum(f for f, _ in counts)            # the whole window's, on every rank
+        phones = sum(p for _, p in counts)
         sums = dict.fromkeys(TERMS, 0.0)
         for k, b in enumerate(batches):
             t = time.perf_counter()
@@ -177,6 +204,9 @@ class Trainer:
             t = time.perf_counter()
             total.backward()
             times["backward"] += time.perf_counter() - t
+        if self.world.size > 1:                       # the ranks' shares: the window's loss
+            v = self.world.sum_(np.array([sums[k] for k in TERMS]))
+            sums = dict(zip(TERMS, map(float, v)))
         return sums, frames
 
     def train_step(self):
@@ -197,6 +227,9 @@ class Trainer:
             self.opt.zero_grad()
         step_no = self.step + 1
         sums, frames = self.accumulate(batches, step_no, times)
+        if self.world.size > 1:
+            with profile.span("allreduce", "optimizer"):
+                self.world.sum_(self.buffer.grad)      # the global batch's gradient
         loss = sum(sums.values())
         rec = {"event": "train", "step": step_no, "epoch": self.batcher.epoch,
                "loss": {"total": loss, **sums}, "frames": frames}
@@ -239,7 +272,7 @@ class Trainer:
         averaged over all its frames/phonemes. None if interrupted by a signal."""
         from fastcpu.autograd import no_grad
         from fastcpu.data import Batcher
-        vb = Batcher(len(self.val_set), self.val_set.text_lengths(), self.cfg.train.batch_size,
+        vb = Batcher(len(self.val_set), self.val_set.text_lengths(), self.global_batch,
                      1, 0, drop_last=False, shuffle=False)
         sums, frames, phones = dict.fromkeys(TERMS, 0.0), 0, 0
         self.model.eval()
@@ -247,16 +280,24 @@ class Trainer:
         try:
             with no_grad():
                 for idx in vb.epoch_batches(0):
-                    if self.stop_signal is not None:
+                    if self.stop_requested():
                         return None
+                    first = idx if first is None else first
                     b = self.load_batch(self.val_set, idx)
+                    if b is None:                     # a rank without rows of this batch
+                        continue
                     terms = self.forward_loss(b)
                     for k in TERMS:
                         sums[k] += terms[k].item() * (b.frames if k in MEL_TERMS else b.phones)
                     frames, phones = frames + b.frames, phones + b.phones
-                    first = b if first is None else first
         finally:
             self.model.train()
+        if self.world.size > 1:                       # every rank's share of the split
+            v = self.world.sum_(np.array([sums[k] for k in TERMS] + [frames, phones], float))
+            sums, frames, phones = dict(zip(TERMS, map(float, v[:-2]))), v[-2], v[-1]
+        if first is not None and self.world.root:     # the sample: the first batch, whole
+            from fastcpu.data import collate
+            first = collate([self.val_set.load(int(i)) for i in first])
         vals = {k: sums[k] / (frames if k in MEL_TERMS else phones) for k in TERMS}
         out = {"total": sum(vals.values()), **vals}
         if not self.cfg.loss.is_default():          # the objective (best) with loss weights
@@ -297,6 +338,14 @@ class Trainer:
         return True
 
     # -- the loop ---------------------------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """A stop signal here — data-parallel: on any rank (one tiny reduction, so every rank
+        stops after the same step; a rank that was not signalled takes SIGTERM's part)."""
+        if self.world.size > 1 and self.world.any(self.stop_signal is not None) and \
+                self.stop_signal is None:
+            self.stop_signal = "SIGTERM"
+        return self.stop_signal is not None
+
     def _on_signal(self, signum, frame):         # no I/O in a signal handler
         if self.stop_signal is not None:          # a second signal: stop now
             raise SecondSignal(signal.Signals(signum).name)
@@ -315,7 +364,7 @@ class Trainer:
         try:
             if self.state.pending_val:
                 self.run_validation("resumed")
-            while self.stop_signal is None and not self._done():
+            while not self.stop_requested() and not self._done():
                 good, after = self.snapshot(), False     # weights untouched until the update
                 with prof.step():
                     rec, epoch_end = self.train_step()
@@ -426,6 +475,8 @@ def main(argv=None) -> int:
     args = build_parser(__doc__).parse_args(argv)
     if args.list_configs:
         return list_configs()
+    from fastcpu import distributed
+    w = distributed.world()
     lock = None
     try:
         resume = resolve_resume(args.resume_from) if args.resume_from else None
@@ -434,15 +485,24 @@ def main(argv=None) -> int:
         if args.detach:
             return detach(args, argv, cfg, *open_data(cfg)[:2], run_dir)
         if not args.dry_run:                        # one owner, and no silent mixing of runs
-            lock = RunLock(run_dir).acquire()
-            target = claim_run_dir(run_dir, args)
+            if w.root:                              # (data-parallel: rank 0 decides for all)
+                try:
+                    lock = RunLock(run_dir).acquire()
+                    decision = ("ok", claim_run_dir(run_dir, args))
+                except UsageError as e:
+                    decision = ("error", str(e))
+            target = w.bcast(decision if w.root else None)
+            if target[0] == "error":
+                raise UsageError(target[1])
+            target = target[1]
             if target and resume is None:
                 resume = resolve_resume(target)
                 cfg = load_run_config(args, resume[2])
         root, train, val = open_data(cfg)
         return _run(args, cfg, root, train, val, run_dir, resume, Faults(args.debug_fault))
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if w.root:
+            print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     finally:
         if lock is not None:
@@ -450,18 +510,20 @@ def main(argv=None) -> int:
 
 
 def _run(args, cfg, root, train, val, run_dir, resume, fault) -> int:
-    from fastcpu import kernels, reporting, runtime
+    from fastcpu import distributed, kernels, reporting, runtime
     from fastcpu.config import to_dict
     from fastcpu.kernels import gemm
     if cfg.train.precision == "bf16" and not gemm.bf16_status().startswith("ok"):
         raise UsageError(f"train.precision bf16: {gemm.bf16_status()}")
-    with runtime.threads(cfg.train.threads or None), runtime.keep_memory(), \
-            kernels.use(cfg.train.precision):
+    w = distributed.world()
+    threads = cfg.train.threads or (distributed.default_threads(w) if w.size > 1 else None)
+    with runtime.threads(threads), runtime.keep_memory(), kernels.use(cfg.train.precision):
         if args.dry_run:
             return dry_run(cfg, root, train, val, run_dir, resume)
         check_data(train, val)
         import yaml
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if w.root:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         tr = Trainer(cfg, root, train, val, run_dir, resume=resume, fault=fault,
                      step_delay=args.debug_step_delay)
         mem = tr.report.memory_plan = reporting.memory_plan(cfg, len(tr.buffer), train)

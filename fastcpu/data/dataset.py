@@ -270,6 +270,10 @@ class Batch:
     pitches: np.ndarray
     energies: np.ndarray
     durations: np.ndarray
+    # a data-parallel rank's rows of a global batch: the first row's place in it, and the
+    # whole batch's frames and phonemes (None: this is the whole batch)
+    offset: int = 0
+    global_counts: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.text_lens)
@@ -292,12 +296,16 @@ class Batch:
                      self.durations[i:i + 1, :n])
 
 
-def collate(items: list) -> Batch:
-    """Zero-padded ``Batch`` of loaded utterances (``PreprocessedCorpus.load``)."""
+def collate(items: list, pad_to=None) -> Batch:
+    """Zero-padded ``Batch`` of loaded utterances (``PreprocessedCorpus.load``); ``pad_to``:
+    (phones, frames) to pad to instead of the items' own longest (a data-parallel rank's rows
+    of a global batch are padded like the whole batch)."""
     B = len(items)
     text_lens = np.array([len(x["text"]) for x in items])
     mel_lens = np.array([x["mel"].shape[0] for x in items])
     L, T = int(text_lens.max()), int(mel_lens.max())
+    if pad_to is not None:
+        L, T = max(L, int(pad_to[0])), max(T, int(pad_to[1]))
     texts = np.zeros((B, L), np.int64)
     durations = np.zeros((B, L), np.int64)
     pitches = np.zeros((B, L), np.float32)

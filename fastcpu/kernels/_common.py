@@ -25,12 +25,19 @@ M2 = 0x94D049BB133111EB
 U64 = (1 << 64) - 1
 
 
-def seed_key(seed: int) -> int:
-    """Mix a user seed into a 64-bit key once (Python side)."""
+def seed_key(seed) -> int:
+    """Mix a user seed into a 64-bit key once (Python side). A pair ``(seed, offset)`` starts
+    the element counter at ``offset``: the RNG hashes (counter + 1) * GOLDEN + key, so counter
+    i + offset under key k is counter i under key k + offset * GOLDEN — every backend takes the
+    shifted key as it is. (A data-parallel rank holding rows r.. of a global batch gives
+    r * elements-per-row, and its mask is those rows' mask of the whole batch.)"""
+    offset = 0
+    if isinstance(seed, tuple):
+        seed, offset = seed
     z = (int(seed) * GOLDEN + 0x632BE59BD9B4E019) & U64
     z = ((z ^ (z >> 30)) * M1) & U64
     z = ((z ^ (z >> 27)) * M2) & U64
-    return z ^ (z >> 31)
+    return ((z ^ (z >> 31)) + int(offset) * GOLDEN) & U64
 
 
 def drop_threshold(p: float) -> int:

@@ -16,6 +16,28 @@ def _k(name, backend=None):
     return kernels.get(name, backend or "auto")
 
 
+# Data parallelism (``fastcpu.distributed``): a rank runs rows offset..offset+rows-1 of each
+# global batch. Dropout masks are then the global batch's rows (the element counter starts at
+# the rank's first element); BatchNorm's training statistics are reduced over the ranks.
+# Single process: (0, None) and None — nothing changes.
+_shard = (0, None)
+_bn_reduce = None
+
+
+def set_data_parallel(offset: int = 0, rows=None, reduce=None) -> None:
+    """This rank's rows of the global batch and the BatchNorm reduction (a callable summing a
+    float64 array in place over the ranks); no arguments: single process."""
+    global _shard, _bn_reduce
+    _shard, _bn_reduce = (int(offset), rows), reduce
+
+
+def _shard_seed(seed, x):
+    offset, rows = _shard
+    if not offset:
+        return seed
+    return (seed, offset * (x.size // rows))         # batch-major: elements per row
+
+
 def _gemm_precision(ctx):
     """Record the GEMM precision of a forward; its backward runs in the same one (the tape runs
     backward after the forward's ``kernels.use`` context may have ended)."""
@@ -167,6 +189,7 @@ def layer_norm(x, w, b, eps=1e-5, backend=None):
 class _ResidualLayerNorm(Function):
     @staticmethod
     def forward(ctx, a, res, w, b, p, seed, eps, backend):
+        seed = _shard_seed(seed, a)
         out, pre, mean, rstd = _k("layernorm", backend).residual_forward(a, res, w, b, p, seed,
                                                                           eps)
         ctx.save_for_backward(pre, w, mean, rstd)
@@ -247,6 +270,7 @@ def reshape(x, shape):
 class _Dropout(Function):
     @staticmethod
     def forward(ctx, x, p, seed):
+        seed = _shard_seed(seed, x)
         ctx.p, ctx.seed = p, seed
         return _k("dropout").forward(x, p, seed)
 
@@ -310,7 +334,12 @@ def embedding(ids, w, padding_idx=None):
 class _BatchNorm(Function):
     @staticmethod
     def forward(ctx, x, w, b, rm, rv, training, momentum, eps):
-        out, mean, rstd = _k("batchnorm").forward(x, w, b, rm, rv, training, momentum, eps)
+        ctx.reduce = _bn_reduce if training else None
+        if ctx.reduce is None:
+            out, mean, rstd = _k("batchnorm").forward(x, w, b, rm, rv, training, momentum, eps)
+        else:
+            out, mean, rstd = _k("batchnorm").forward(x, w, b, rm, rv, training, momentum, eps,
+                                                      reduce=ctx.reduce)
         ctx.save_for_backward(x, w, mean, rstd)
         ctx.training = training
         return out
@@ -320,7 +349,11 @@ class _BatchNorm(Function):
         x, w, mean, rstd = ctx.saved_tensors
         dx = ctx.grad_buffer(0) if ctx.needs_input_grad[0] else None
         dw, db = ctx.grad_buffer(1), ctx.grad_buffer(2)
-        _k("batchnorm").backward(dout, x, w, mean, rstd, ctx.training, dx, dw, db)
+        if ctx.reduce is None:
+            _k("batchnorm").backward(dout, x, w, mean, rstd, ctx.training, dx, dw, db)
+        else:
+            _k("batchnorm").backward(dout, x, w, mean, rstd, ctx.training, dx, dw, db,
+                                     reduce=ctx.reduce)
         return dx, dw, db
 
 
