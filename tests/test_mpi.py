@@ -1,6 +1,7 @@
 """Data-parallel training under ``mpiexec -n 2`` (the wheel-installed MPICH): two ranks with
 batch B/2 each compute what one process computes with batch B, dropout and BatchNorm on."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,14 @@ MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or \
 # reduction-order rounding, compounded over 20 Adam steps.
 LOSS_RTOL = 1e-5
 WEIGHT_RTOL = 1e-4
+# Parameters whose exact gradient is zero: a conv bias just before a training-mode BatchNorm
+# (which subtracts the batch mean) and the attention key bias (softmax ignores q.b_k, the same
+# for every key) — and the BatchNorm running mean that follows such a bias. Their gradient is
+# rounding noise, which Adam (eps 1e-9) turns into full-size steps: they wander as much between
+# one process at 1 and at 2 threads (measured: 2.7e-2 norm-wise after 20 steps) as between 1 and
+# 2 ranks (3.9e-2). They do not change what the model computes, which the test checks instead.
+FREE = re.compile(r"postnet\.convolutions\.\d+\.0\.conv\.bias|slf_attn\.w_ks\.bias|"
+                  r"postnet\.convolutions\.\d+\.1\.running_mean")
 
 
 def train(out, *extra, ranks=0, batch=8, steps=20):
@@ -67,9 +76,21 @@ def test_two_ranks_equal_one_process(tmp_path, acc):
     wa = weights(tmp_path / "one" / "tiny" / "checkpoints" / "final.safetensors")
     wb = weights(tmp_path / "two" / "tiny" / "checkpoints" / "final.safetensors")
     assert wa.keys() == wb.keys()
-    errs = {k: norm_rel(wb[k], wa[k]) for k in wa}
+    errs = {k: norm_rel(wb[k], wa[k]) for k in wa if not FREE.search(k)}
+    assert len(errs) > 0.9 * len(wa)
     worst_w = max(errs.values())
     assert worst_w <= WEIGHT_RTOL, sorted(errs.items(), key=lambda kv: -kv[1])[:3]
-    # dropout and BatchNorm were on: the PostNet's running statistics agree too
-    bn = [k for k in wa if "running_mean" in k]
-    assert bn and all(norm_rel(wb[k], wa[k]) <= WEIGHT_RTOL for k in bn)
+    # dropout and BatchNorm were on: the PostNet's running variances agree too
+    assert [k for k in errs if "running_var" in k]
+    # and the two models compute the same mels (eval mode, a validation batch)
+    from fastcpu.autograd import no_grad
+    from fastcpu.data import BUNDLED_CORPUS, PreprocessedCorpus, collate
+    from fastcpu.synthesize import load_model
+    val = PreprocessedCorpus(BUNDLED_CORPUS, "val.txt")
+    b = collate([val.load(i) for i in range(8)])
+    mels = []
+    for run in ("one", "two"):
+        m, _, _ = load_model(tmp_path / run / "tiny" / "checkpoints" / "final.safetensors")
+        with no_grad():
+            mels.append(m.forward_batch(b).postnet_mel.numpy())
+    assert norm_rel(mels[1], mels[0]) <= WEIGHT_RTOL
