@@ -226,8 +226,19 @@ def _check_resume_changes(meta, cfg):
                          f"(its data order and RNG states follow from it); a resumed run keeps "
                          f"it — start a new run for another seed")
     at_boundary = state.get("sampler", {}).get("pos", 0) == 0
+    from fastcpu import distributed
+    ranks, n = int(meta.get("ranks", 1)), distributed.world().size
     for sec, key in SAMPLER_KEYS:
         was, now = old[sec][key], getattr(getattr(cfg, sec), key)
+        if key == "batch_size" and (ranks > 1 or n > 1):    # the global batch is what counts
+            if was * ranks != now * n and not at_boundary:
+                fix = (f"resume with --batch-size {was * ranks // n}" if was * ranks % n == 0
+                       else "resume from a checkpoint at an epoch end")
+                raise UsageError(
+                    f"train.batch_size: the checkpoint's global batch is {ranks} rank(s) x "
+                    f"{was} = {was * ranks}, this run's {n} x {now} = {n * now}; the saved data "
+                    f"position cannot be mapped to it mid-epoch — {fix}")
+            continue
         if was != now and not at_boundary:
             raise UsageError(f"{sec}.{key}: {was} in the checkpoint, {now} asked; the saved "
                              f"data position (epoch {state['sampler']['epoch']}, batch "

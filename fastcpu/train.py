@@ -113,6 +113,7 @@ class Trainer:
         weights_only = kind == "best" and not self.cfg.train.best_with_optimizer
         meta = {"kind": kind, "state": st.to_meta(), "config": to_dict(self.cfg),
                 "fastcpu_version": fastcpu.__version__, "threads": runtime.num_threads(),
+                "ranks": self.world.size,
                 "precision": self.cfg.train.precision,
                 "optimizer_step": self.opt.t, "saved_at": time.time(),
                 "synthesis": self.synthesis}
@@ -144,6 +145,10 @@ class Trainer:
             say(f"note: {path} was converted from a reference checkpoint: training continues "
                 f"at step {self.step} with its weights and Adam moments; the data order starts "
                 f"a new epoch (the reference does not record its own)")
+        elif meta.get("ranks", 1) != self.world.size:
+            say(f"note: checkpoint was written by {meta.get('ranks', 1)} process(es), this run "
+                f"has {self.world.size}: the same global batches and the same maths, but sums "
+                f"in another order — correct, not bit-identical to an uninterrupted run")
         elif meta.get("threads") != runtime.num_threads():
             say(f"note: checkpoint was written with {meta.get('threads')} threads, this run "
                 f"uses {runtime.num_threads()}: the continuation is correct but not "
