@@ -10,11 +10,19 @@ class Faults:
     """Test hooks (``--debug-fault``): ``nan@K[:M]`` poisons the mel loss weight of steps K..M,
     ``exception@K`` raises after the last forward pass of step K, ``after-update@K`` once step
     K's update is done (before its validation and checkpoints), ``in-validation@K`` and
-    ``in-save@K`` inside step K's validation or its (non-emergency) checkpoint write."""
+    ``in-save@K`` inside step K's validation or its (non-emergency) checkpoint write. A suffix
+    ``/rN`` (``exception@5/r1``) arms it on data-parallel rank N only."""
     KINDS = ("nan", "exception", "after-update", "in-validation", "in-save")
 
     def __init__(self, text=None):
         self.kind, self.a, self.b = None, 0, -1
+        if text and "/r" in text:
+            text, _, rank = text.partition("/r")
+            from fastcpu import distributed
+            if not rank.isdigit():
+                raise UsageError(f"--debug-fault: /r{rank}: expected /rN, a rank number")
+            if int(rank) != distributed.world().rank:
+                text = None
         if text:
             kind, _, at = text.partition("@")
             a, _, b = at.partition(":")

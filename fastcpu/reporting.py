@@ -43,7 +43,9 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
     from fastcpu import runtime
     from fastcpu.data import Batcher
     c, o = cfg.train, cfg.optimizer
-    spe = Batcher(len(train), train.text_lengths(), c.batch_size, c.group_size,
+    from fastcpu import distributed
+    w = distributed.world()
+    spe = Batcher(len(train), train.text_lengths(), c.batch_size * w.size, c.group_size,
                   c.seed).steps_per_epoch()
     lines = [f"fastcpu {fastcpu.__version__} — FastSpeech2 training run {cfg.name!r} -> "
              f"{run_dir}",
@@ -61,8 +63,6 @@ def banner(cfg, root, train, val, n_params, mem, run_dir, resumed_from=None) -> 
              f"memory: weights {gib(mem['weights'])} + grads {gib(mem['grads'])} + Adam "
              f"{gib(mem['adam'])} + activations ~{gib(mem['activations'])} (estimated for "
              f"the longest batch: {mem['max_phones']} phonemes / {mem['max_frames']} frames)"]
-    from fastcpu import distributed
-    w = distributed.world()
     if w.size > 1:
         lines.insert(2, f"data parallel: {w.describe()}; {runtime.num_threads()} thread(s) per "
                         f"rank; global batch {w.size} x {c.batch_size} x accumulation "

@@ -509,6 +509,15 @@ def main(argv=None) -> int:
         if w.root:
             print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        if w.size == 1:
+            raise
+        # data parallel: the other ranks wait in a reduction this rank will never join; one
+        # line, then the launcher ends them all (rank 0 has written the emergency checkpoint
+        # if the error was its own; the newest periodic checkpoint is kept either way)
+        print(f"error: rank {w.rank} of {w.size}: {type(e).__name__}: {e}", file=sys.stderr,
+              flush=True)
+        w.abort(1)
     finally:
         if lock is not None:
             lock.release()
