@@ -23,6 +23,7 @@ rank (``PMI_SIZE`` — MPICH's mpiexec, Slurm's srun — or ``OMPI_COMM_WORLD_SI
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -138,3 +139,91 @@ class Silent:
 
     def __getattr__(self, name):
         return lambda *a, **k: None
+
+
+# ---------------------------------------------------------------------------- sudden deaths
+
+FAILED_MARK = ".rank-failed"
+
+
+class Watcher:
+    """A rank killed outright (SIGKILL, the OOM killer) leaves no word, and the launcher then
+    kills the others at once, rank 0 too. So rank 0 starts this small process in a session of
+    its own (outside the launcher's cleanup), which polls the PIDs of this node's ranks and,
+    if rank 0 goes without saying "done", prints one line naming the first rank that vanished.
+    A rank that fails with an error says so itself (and marks the run directory, so the
+    watcher stays quiet)."""
+
+    def __init__(self, w: World, run_dir):
+        import socket
+        import subprocess
+        import sys
+        me = socket.gethostname()
+        peers = w.comm.allgather((me, os.getpid(), w.rank))
+        self.proc = None
+        if not w.root:
+            return
+        local = [f"{r}:{pid}" for host, pid, r in peers if host == me]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastcpu.distributed", "--watch", str(run_dir), me, *local],
+            stdin=subprocess.PIPE, start_new_session=True)
+
+    def done(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b"done\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc = None
+
+
+def mark_failed(run_dir) -> None:
+    try:
+        (Path(run_dir) / FAILED_MARK).write_text(str(os.getpid()))
+    except OSError:
+        pass
+
+
+def _running(pid: int) -> bool:
+    try:                                   # a zombie (dead, not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _watch(run_dir: str, host: str, ranks: list) -> int:
+    import select
+    import sys
+    alive = {int(r): int(p) for r, p in (x.split(":") for x in ranks)}
+    first = None
+    mark = Path(run_dir) / FAILED_MARK
+    if mark.exists():
+        mark.unlink()
+    while True:
+        gone = [(r, pid) for r, pid in alive.items() if not _running(pid)]
+        for r, pid in gone:
+            del alive[r]
+        if gone and first is None:      # the launcher kills the rest when one dies: the first
+            first = max(gone)           # seen (several at once: not rank 0, whose pipe tells)
+        ready, _, _ = select.select([sys.stdin], [], [], 0.005)
+        if ready:
+            line = sys.stdin.readline()
+            if line.strip() == "done":
+                return 0
+            if not line:                              # rank 0 is gone without a word
+                break
+    if mark.exists():                                 # a rank said why itself
+        mark.unlink()
+        return 0
+    r, pid = first if first is not None else (0, "?")
+    print(f"error: rank {r} (pid {pid} on {host}) ended without a word — killed (SIGKILL, "
+          f"out of memory?); the launcher stopped the job; the checkpoints in "
+          f"{Path(run_dir) / 'checkpoints'} are intact", file=sys.stderr, flush=True)
+    return 1
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) > 3 and sys.argv[1] == "--watch":
+        sys.exit(_watch(sys.argv[2], sys.argv[3], sys.argv[4:]))

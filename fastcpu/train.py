@@ -482,7 +482,7 @@ def main(argv=None) -> int:
         return list_configs()
     from fastcpu import distributed
     w = distributed.world()
-    lock = None
+    lock = watcher = run_dir = None
     try:
         resume = resolve_resume(args.resume_from) if args.resume_from else None
         cfg = load_run_config(args, resume[2] if resume else None)
@@ -504,6 +504,8 @@ def main(argv=None) -> int:
                 resume = resolve_resume(target)
                 cfg = load_run_config(args, resume[2])
         root, train, val = open_data(cfg)
+        if w.size > 1 and not args.dry_run:
+            watcher = distributed.Watcher(w, run_dir)
         return _run(args, cfg, root, train, val, run_dir, resume, Faults(args.debug_fault))
     except UsageError as e:
         if w.root:
@@ -517,8 +519,12 @@ def main(argv=None) -> int:
         # if the error was its own; the newest periodic checkpoint is kept either way)
         print(f"error: rank {w.rank} of {w.size}: {type(e).__name__}: {e}", file=sys.stderr,
               flush=True)
+        if run_dir is not None:
+            distributed.mark_failed(run_dir)
         w.abort(1)
     finally:
+        if watcher is not None:                    # a controlled end: nothing to report
+            watcher.done()
         if lock is not None:
             lock.release()
 

@@ -170,9 +170,13 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoints_stay_good(tmp_path):
     p = _launch(out, "--debug-step-delay", "0.1", "--set", "train.save_step=5")
     _wait_for_step(out, 12, p)
     t = time.time()
-    os.kill(_rank_pid(out, 1), signal.SIGKILL)
-    p.communicate(timeout=60)
+    pid = _rank_pid(out, 1)
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = p.communicate(timeout=60)
     assert time.time() - t < 30 and p.returncode != 0
+    ours = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert len(ours) == 1 and ours[0].startswith(f"error: rank 1 (pid {pid} on "), stderr
+    assert "ended without a word" in ours[0]
     files = sorted((out / "tiny" / "checkpoints").glob("*.safetensors"))
     assert files and all(checkpoint.load(f) for f in files)
 
@@ -188,6 +192,15 @@ def test_a_failing_rank_is_one_line_and_ends_the_job(tmp_path):
     assert [f.name for f in files] == ["best.safetensors", "step-00000005.safetensors",
                                        "step-00000010.safetensors"]
     assert all(checkpoint.load(f) for f in files)
+
+
+def test_a_finished_run_leaves_no_watcher_behind(tmp_path):
+    r = train(tmp_path, ranks=2, batch=4, steps=3)
+    assert r.returncode == 0 and "error" not in r.stderr, r.stderr
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", f"fastcpu.distributed --watch {tmp_path}"],
+                          capture_output=True, text=True).stdout.split()
+    assert left == []
 
 
 def test_one_process_never_imports_mpi4py():
