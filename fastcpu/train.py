@@ -287,8 +287,9 @@ class Trainer:
                 for idx in vb.epoch_batches(0):
                     if self.stop_requested():
                         return None
-                    first = idx if first is None else first
                     b = self.load_batch(self.val_set, idx)
+                    if first is None:                 # (one process: the batch itself)
+                        first = b if self.world.size == 1 else idx
                     if b is None:                     # a rank without rows of this batch
                         continue
                     terms = self.forward_loss(b)
@@ -300,8 +301,8 @@ class Trainer:
         if self.world.size > 1:                       # every rank's share of the split
             v = self.world.sum_(np.array([sums[k] for k in TERMS] + [frames, phones], float))
             sums, frames, phones = dict(zip(TERMS, map(float, v[:-2]))), v[-2], v[-1]
-        if first is not None and self.world.root:     # the sample: the first batch, whole
-            from fastcpu.data import collate
+        if self.world.size > 1 and first is not None and self.world.root:
+            from fastcpu.data import collate                # the sample: the first batch whole
             first = collate([self.val_set.load(int(i)) for i in first])
         vals = {k: sums[k] / (frames if k in MEL_TERMS else phones) for k in TERMS}
         out = {"total": sum(vals.values()), **vals}
