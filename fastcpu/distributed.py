@@ -165,7 +165,8 @@ class Watcher:
             return
         local = [f"{r}:{pid}" for host, pid, r in peers if host == me]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastcpu.distributed", "--watch", str(run_dir), me, *local],
+            [sys.executable, "-m", "fastcpu.distributed", "--watch", str(run_dir), me,
+             str(w.size), *local],
             stdin=subprocess.PIPE, start_new_session=True)
 
     def done(self) -> None:
@@ -192,7 +193,7 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _watch(run_dir: str, host: str, ranks: list) -> int:
+def _watch(run_dir: str, host: str, size: int, ranks: list) -> int:
     import select
     import sys
     alive = {int(r): int(p) for r, p in (x.split(":") for x in ranks)}
@@ -216,14 +217,22 @@ def _watch(run_dir: str, host: str, ranks: list) -> int:
     if mark.exists():                                 # a rank said why itself
         mark.unlink()
         return 0
+    ckpts = Path(run_dir) / "checkpoints"
     r, pid = first if first is not None else (0, "?")
+    if r == 0 and size > len(ranks):
+        # this node saw only rank 0 go: with ranks elsewhere, the first death may be there
+        print(f"error: rank 0 (pid {pid} on {host}) was stopped without a word; the other "
+              f"{size - len(ranks)} of the {size} ranks run on other nodes, where one was "
+              f"probably killed (SIGKILL, out of memory?): see the launcher's output; the "
+              f"checkpoints in {ckpts} are intact", file=sys.stderr, flush=True)
+        return 1
     print(f"error: rank {r} (pid {pid} on {host}) ended without a word — killed (SIGKILL, "
-          f"out of memory?); the launcher stopped the job; the checkpoints in "
-          f"{Path(run_dir) / 'checkpoints'} are intact", file=sys.stderr, flush=True)
+          f"out of memory?); the launcher stopped the job; the checkpoints in {ckpts} are "
+          f"intact", file=sys.stderr, flush=True)
     return 1
 
 
 if __name__ == "__main__":
     import sys
-    if len(sys.argv) > 3 and sys.argv[1] == "--watch":
-        sys.exit(_watch(sys.argv[2], sys.argv[3], sys.argv[4:]))
+    if len(sys.argv) > 4 and sys.argv[1] == "--watch":
+        sys.exit(_watch(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]))

@@ -363,7 +363,8 @@ class Trainer:
         from fastcpu import checkpoint, profile
         handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         self.report.open(self.step)
-        checkpoint.remove_stale_temps(self.ckpts.dir, self.report.say)
+        if self.world.root:                       # rank 0 alone writes (and cleans) files
+            checkpoint.remove_stale_temps(self.ckpts.dir, self.report.say)
         good, after = self.snapshot(), False
         prof = profile.StepProfiler(self.cfg.train.profile_steps, lambda p: self.report.profile(
             p, self.cfg.train.profile_steps, self.step))
@@ -436,7 +437,7 @@ class Trainer:
                 self.last_val_step != self.step:
             self.run_validation("end")
         path = self.save("final")
-        if self.cfg.train.slim_after_final:
+        if self.cfg.train.slim_after_final and self.world.root:
             n = self.ckpts.slim_periodic()
             if n:
                 say(f"note: {n} step/epoch checkpoint(s) now keep the weights only (train."

@@ -101,3 +101,29 @@ def test_batchnorm_reduced_over_ranks_is_the_whole_batch(backend):
     for r in range(2):                                # running statistics of the whole batch
         np.testing.assert_allclose(state[r][0], rm, rtol=1e-6)
         np.testing.assert_allclose(state[r][1], rv, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size, ranks, expect", [
+    (2, ["0:{dead}", "1:{dead}"], "rank 1 (pid {dead} on hostA) ended without a word"),
+    (4, ["0:{dead}", "1:{alive}"], "the other 2 of the 4 ranks run on other nodes"),
+])
+def test_the_watcher_names_the_rank_that_vanished(tmp_path, size, ranks, expect):
+    """Rank 0's watcher, told nothing ("done" never comes): one line naming the first rank of
+    this node to vanish; with only rank 0 gone and ranks on other nodes, it says the death was
+    probably there."""
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        args = [r.format(dead=dead.pid, alive=alive.pid) for r in ranks]
+        p = subprocess.run([sys.executable, "-m", "fastcpu.distributed", "--watch",
+                            str(tmp_path), "hostA", str(size), *args], input="",
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        alive.kill()
+        alive.wait()
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert expect.format(dead=dead.pid) in lines[0], lines[0]

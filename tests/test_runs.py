@@ -93,7 +93,7 @@ def test_a_second_signal_stops_at_once_with_one_line(tmp_path):
     p.send_signal(signal.SIGTERM)
     t = time.time()
     out, err = p.communicate(timeout=60)
-    assert time.time() - t < 1.0
+    assert time.time() - t < 2.0      # the stop itself is immediate; this bounds interpreter exit
     assert p.returncode == 143
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     lines = [ln for ln in out.splitlines() if "second SIGTERM" in ln]
