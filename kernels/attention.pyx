@@ -11,6 +11,16 @@ from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset
 from blas cimport gemm_rm
 
+cdef extern from "attn_amx.h" nogil:
+    int fc_amx_built()
+    int fc_amx_init()
+    int fc_amx_fwd_head(const float* q, const float* k, const float* v, int rs, int T, int H,
+                        int D, int L, int h, float scale, float* out, float* lse, int BQ, int BK)
+    int fc_amx_bwd_head(const float* dout, const float* q, const float* k, const float* v,
+                        int rs, const float* out, const float* lse, int T, int H, int D, int L,
+                        int h, float scale, float* dq, float* dk, float* dv, int G, int BQ,
+                        int BK)
+
 cdef extern from *:
     const char* FASTCPU_SRC_HASH
 SRC_HASH = FASTCPU_SRC_HASH.decode()
@@ -77,6 +87,14 @@ cdef int _fwd_head(const float* q, const float* k, const float* v, int rs, int T
     return 0
 
 
+def amx_init():
+    """0 once AMX tiles may run here (built with them, and Linux granted the tile state), else
+    -1 (refused) or -2 (not built)."""
+    if not fc_amx_built():
+        return -2
+    return fc_amx_init()
+
+
 cdef bint _rows_ok(const float[:, :, :, :] a):
     # each (t) row of a (B, T, H, D) view is H*D contiguous floats
     return a.strides[3] == sizeof(float) and a.strides[2] == a.shape[3] * sizeof(float)
@@ -85,7 +103,8 @@ cdef bint _rows_ok(const float[:, :, :, :] a):
 def forward(const float[:, :, :, :] q, const float[:, :, :, :] k,
             const float[:, :, :, :] v, const long[::1] lengths, float scale,
             float[:, :, :, ::1] out, float[:, :, ::1] lse, int BQ, int BK, bint skipq,
-            int nthreads):
+            int nthreads, bint amx=False):
+    # amx: bf16 tiles on AMX (attn_amx.h; the caller checked amx_init() and D, BQ, BK % 32)
     # skipq: query rows t >= L are not computed (out 0, lse -inf)
     cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
     cdef int S = <int>(q.strides[1] // sizeof(float))
@@ -106,8 +125,12 @@ def forward(const float[:, :, :, :] q, const float[:, :, :, :] k,
             for d in range(D):
                 out[b, t, h, d] = 0
         if Tq > 0:
-            if _fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], S, Tq, H, D, L, h, scale,
-                         &out[b, 0, 0, 0], &lse[b, h, 0], BQ, BK) != 0:
+            if amx:
+                if fc_amx_fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], S, Tq, H, D,
+                                   L, h, scale, &out[b, 0, 0, 0], &lse[b, h, 0], BQ, BK) != 0:
+                    err = 1
+            elif _fwd_head(&q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], S, Tq, H, D, L, h,
+                           scale, &out[b, 0, 0, 0], &lse[b, h, 0], BQ, BK) != 0:
                 err = 1
     if err:
         raise MemoryError()
@@ -181,7 +204,7 @@ def backward(const float[:, :, :, ::1] dout, const float[:, :, :, :] q,
              const float[:, :, :, :] k, const float[:, :, :, :] v,
              const float[:, :, :, ::1] out, const float[:, :, ::1] lse, const long[::1] lengths,
              float scale, float[:, :, :, :] dq, float[:, :, :, :] dk, float[:, :, :, :] dv,
-             int BQ, int BK, bint skipq, int nthreads):
+             int BQ, int BK, bint skipq, int nthreads, bint amx=False):
     cdef int B = q.shape[0], T = q.shape[1], H = q.shape[2], D = q.shape[3]
     cdef int S = <int>(q.strides[1] // sizeof(float)), G = <int>(dq.strides[1] // sizeof(float))
     cdef Py_ssize_t bh
@@ -197,9 +220,16 @@ def backward(const float[:, :, :, ::1] dout, const float[:, :, :, :] q,
         h = bh - b * H
         L = lengths[b]
         if L > 0:
-            if _bwd_head(&dout[b, 0, 0, 0], &q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0], S,
-                         &out[b, 0, 0, 0], &lse[b, h, 0], L if skipq else T, H, D, L, h, scale,
-                         &dq[b, 0, 0, 0], &dk[b, 0, 0, 0], &dv[b, 0, 0, 0], G, BQ, BK) != 0:
+            if amx:
+                if fc_amx_bwd_head(&dout[b, 0, 0, 0], &q[b, 0, 0, 0], &k[b, 0, 0, 0],
+                                   &v[b, 0, 0, 0], S, &out[b, 0, 0, 0], &lse[b, h, 0],
+                                   L if skipq else T, H, D, L, h, scale, &dq[b, 0, 0, 0],
+                                   &dk[b, 0, 0, 0], &dv[b, 0, 0, 0], G, BQ, BK) != 0:
+                    err = 1
+            elif _bwd_head(&dout[b, 0, 0, 0], &q[b, 0, 0, 0], &k[b, 0, 0, 0], &v[b, 0, 0, 0],
+                           S, &out[b, 0, 0, 0], &lse[b, h, 0], L if skipq else T, H, D, L, h,
+                           scale, &dq[b, 0, 0, 0], &dk[b, 0, 0, 0], &dv[b, 0, 0, 0], G, BQ,
+                           BK) != 0:
                 err = 1
     if err:
         raise MemoryError()

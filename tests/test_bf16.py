@@ -252,24 +252,38 @@ def test_ffn_in_bf16_against_the_fp32_reference():
 
 @bf16_only
 @pytest.mark.parametrize("skip", [True, False])
-def test_attention_in_bf16_against_the_fp32_reference(skip):
+@pytest.mark.parametrize("T, lens", [(70, [70, 33, 0]), (150, [150, 97, 1])])
+def test_attention_in_bf16_against_the_fp32_reference(skip, T, lens):
+    """Where AMX is usable the bf16 tiles run (bf16 operands: measurably off the fp32 tiles,
+    within the norm-wise bound of the reference); elsewhere bf16 attention is the fp32 tiles,
+    bit for bit. T = 150 spans three query and key tiles with ragged last ones."""
+    from fastcpu.kernels import attention
     rng = np.random.default_rng(11)
-    B, T, H, D = 3, 70, 2, 128
-    L = np.array([70, 33, 0])
+    B, H, D = 3, 2, 128
+    L = np.array(lens)
     q, k, v, do = (_rand(rng, B, T, H, D) for _ in range(4))
     ref, kk = kernels.get("attention", "reference"), kernels.get("attention", "auto")
     o_r, lse_r = ref.forward(q, k, v, L, None, skip)
     g_r = [np.zeros_like(q) for _ in range(3)]
     ref.backward(do, q, k, v, o_r, lse_r, L, None, *g_r, skip)
-    with kernels.use("bf16"):
-        o, lse = kk.forward(q, k, v, L, None, skip)
-        g = [np.ones_like(q) for _ in range(3)]                  # accumulates into them
-        kk.backward(do, q, k, v, o, lse, L, None, *g, skip)
+    res = {}
+    for prec in ("fp32", "bf16"):
+        with kernels.use(prec):
+            o, lse = kk.forward(q, k, v, L, None, skip)
+            g = [np.ones_like(q) for _ in range(3)]                  # accumulates into them
+            kk.backward(do, q, k, v, o, lse, L, None, *g, skip)
+        res[prec] = o, lse, g
+    o, lse, g = res["bf16"]
     assert rel_fro(o, o_r) < NORM_TOL
     fin = np.isfinite(lse_r)
     assert (np.isfinite(lse) == fin).all() and np.abs(lse[fin] - lse_r[fin]).max() < 0.05
     for a, r in zip(g, g_r):
         assert rel_fro(a - 1, r) < NORM_TOL
+    o32, lse32, g32 = res["fp32"]
+    if attention.amx_status() == "ok":
+        assert rel_fro(o, o32) > 1e-5 and rel_fro(g[0] - 1, g32[0] - 1) > 1e-5
+    else:
+        assert np.array_equal(o, o32) and all(np.array_equal(a, b) for a, b in zip(g, g32))
 
 
 # ----------------------------------------------------------------------------- the whole model

@@ -272,6 +272,35 @@ def backward_numba(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv,
 
 # ----------------------------------------------------------------------------- Cython binding
 
+_AMX_STATE = {}
+
+
+def amx_status() -> str:
+    """"ok" when bf16 attention runs on AMX tiles here, else why not (the fp32 tiles run)."""
+    if "status" not in _AMX_STATE:
+        from fastcpu.kernels import _cybuild, gemm
+        flags = gemm._cpu_flags()
+        if not {"amx_bf16", "amx_tile", "avx512_bf16"} <= flags:
+            st = "no AMX-BF16 on this CPU"
+        else:
+            try:
+                rc = _cybuild.module("attention").amx_init()
+            except Exception as e:                       # noqa: BLE001 - reported as the reason
+                rc, st = None, f"Cython attention unavailable ({e})"
+            if rc is not None:
+                st = {0: "ok", -1: "the kernel refused the AMX tile state (arch_prctl)",
+                      -2: "not built with AMX (needs x86-64 Linux, GCC >= 11)"}.get(rc, str(rc))
+        _AMX_STATE["status"] = st
+    return _AMX_STATE["status"]
+
+
+def _amx(cy, D) -> bool:
+    """bf16 precision, D a multiple of 32 and AMX usable: the bf16 tiles (``attn_amx.h``)."""
+    from fastcpu.kernels import gemm
+    return (gemm.current() == "bf16" and D % 32 == 0 and BQ % 32 == 0 and BK % 32 == 0
+            and amx_status() == "ok")
+
+
 def _cython():
     from fastcpu import runtime
     from fastcpu.kernels import _cybuild
@@ -285,7 +314,7 @@ def _cython():
         if out.size:
             with runtime.blas_single():
                 cy.forward(q, k, v, lengths, _scale(q, scale), out, lse, BQ, BK,
-                           bool(skip_padded_queries), runtime.num_threads())
+                           bool(skip_padded_queries), runtime.num_threads(), _amx(cy, D))
         return out, lse
 
     def backward(dout, q, k, v, out, lse, lengths, scale, dq, dk, dv,
@@ -295,7 +324,7 @@ def _cython():
             with runtime.blas_single():
                 cy.backward(np.ascontiguousarray(dout), q, k, v, out, lse, lengths,
                             _scale(q, scale), dq, dk, dv, BQ, BK, bool(skip_padded_queries),
-                            runtime.num_threads())
+                            runtime.num_threads(), _amx(cy, q.shape[3]))
 
     return SimpleNamespace(forward=forward, backward=backward)
 

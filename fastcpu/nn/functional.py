@@ -223,6 +223,7 @@ class _Attention(Function):
     @staticmethod
     def forward(ctx, *qkv, lengths, scale, backend, skip):
         q, k, v = _Attention._split(qkv[0]) if len(qkv) == 1 else qkv
+        _gemm_precision(ctx)
         out, lse = _k("attention", backend).forward(q, k, v, lengths, scale, skip)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.lengths, ctx.scale, ctx.backend, ctx.skip = lengths, scale, backend, skip
@@ -234,8 +235,9 @@ class _Attention(Function):
         n = len(ctx.inputs)
         grads = tuple(ctx.grad_buffer(i) for i in range(n))
         dq, dk, dv = _Attention._split(grads[0]) if n == 1 else grads
-        _k("attention", ctx.backend).backward(dout, q, k, v, out, lse, ctx.lengths, ctx.scale,
-                                              dq, dk, dv, ctx.skip)
+        with _as_forward(ctx):
+            _k("attention", ctx.backend).backward(dout, q, k, v, out, lse, ctx.lengths,
+                                                  ctx.scale, dq, dk, dv, ctx.skip)
         return grads
 
 
