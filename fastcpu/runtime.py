@@ -171,6 +171,7 @@ def info() -> dict:
         "cython": cython_available(),
         "cython_variant": _cython_variants(),
         "gemm": __import__("fastcpu.kernels.gemm", fromlist=["info"]).info(),
+        "attention_bf16": _attention_bf16(),
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                          if os.environ.get(k)},
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: spinning)"),
@@ -178,6 +179,15 @@ def info() -> dict:
             "OPENBLAS_THREAD_TIMEOUT", "(unset: spinning; numpy was imported before fastcpu)"
             if __import__("fastcpu").NUMPY_LOADED_FIRST else "(unset: spinning)"),
     }
+
+
+def _attention_bf16() -> str:
+    """Which tiles bf16 attention runs on: AMX, or the fp32 ones (and why)."""
+    if cython_available().get("attention") != "ok":
+        return "fp32 tiles (Numba attention)"
+    from fastcpu.kernels import attention
+    st = attention.amx_status()
+    return "amx tiles" if st == "ok" else f"fp32 tiles ({st})"
 
 
 def format_info(d: dict | None = None) -> str:
@@ -193,7 +203,8 @@ def format_info(d: dict | None = None) -> str:
     g = d.get("gemm", {})
     lines.append(f"oneDNN {g.get('onednn')}" + (f" (isa {g['onednn_isa']}; bf16 {g['bf16']})"
                                                if "onednn_isa" in g else "")
-                 + f"; fp32 GEMMs on {g.get('fp32_engine')}")
+                 + f"; fp32 GEMMs on {g.get('fp32_engine')}"
+                 + (f"; bf16 attention on {d['attention_bf16']}" if "attention_bf16" in d else ""))
     bad = {k: v for k, v in d["cython"].items() if v != "ok"}
     variants = sorted({v for v in d.get("cython_variant", {}).values() if v})
     lines.append("cython kernels: " + ("all built" if not bad else f"problems {bad}")

@@ -15,7 +15,8 @@
  *
  * Requires D, BQ, BK multiples of 32; the caller checks, and has called fc_amx_init() (the
  * kernel's permission for the tile data, once per process). Elsewhere (not x86-64 Linux with
- * GCC >= 11) the functions exist and return -2. */
+ * GCC >= 11, or a kernel variant below AVX-512: the portable x86_64 and v3 builds stay free of
+ * AVX-512 and AMX code) the functions exist and return -2. */
 #ifndef FASTCPU_ATTN_AMX_H
 #define FASTCPU_ATTN_AMX_H
 #include <stdint.h>
@@ -25,7 +26,7 @@
 #include "fastcpu_simd.h"
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) \
-    && __GNUC__ >= 11
+    && __GNUC__ >= 11 && defined(__AVX512F__)
 #include <immintrin.h>
 #include <unistd.h>
 #include <sys/syscall.h>

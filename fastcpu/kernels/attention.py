@@ -33,11 +33,13 @@ import numpy as np
 from fastcpu.kernels._common import PJIT
 
 # auto = "cython": `python -m pytest benchmarks/test_kernels.py -k attention --benchmark-only`
-# (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks". It stays fp32
-# under bf16 precision too: whole (batch, head) score GEMMs on oneDNN in bf16 (S = q k^T, fp32
-# softmax writing bf16 P, P v; five GEMMs in backward) measured 2x slower than these fp32 tiles
-# (B=16 T=400 ragged, fwd+bwd: 105.6 vs 52.7 ms, `-k attention` above, 2026-12-01): each pair's
-# GEMMs are too small to amortise a 2-thread oneDNN call, while the tiles run one pair per thread.
+# (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks". Under bf16
+# precision, where the CPU has AMX, the same tile walk runs with every tile product on AMX
+# (kernels/attn_amx.h: bf16 operands, fp32 softmax and accumulators): B=16 T<=714 fwd 39 ->
+# 22 ms, bwd 68 -> 24 ms (Sapphire Rapids, 2 threads, 2026-12-02). Without AMX bf16 attention
+# is the fp32 tiles: AVX512-BF16's vdpbf16ps issues at half FMA's rate on Sapphire Rapids (as
+# many FLOPs per cycle as fp32, measured), and whole (batch, head) score GEMMs in bf16 on oneDNN measured 2x slower
+# than the tiles (B=16 T=400 ragged, fwd+bwd: 105.6 vs 52.7 ms, AVX512-BF16, 2026-12-01).
 AUTO = "cython"
 # Cython tiles: 64 x 64 measured best at both benchmark shapes (fwd+bwd, 2 threads, 2026-11-22:
 # B=16 T=714 66 ms vs 70 at 128x128; B=8 T=346 14.6 vs 19.0 ms).
@@ -289,7 +291,8 @@ def amx_status() -> str:
                 rc, st = None, f"Cython attention unavailable ({e})"
             if rc is not None:
                 st = {0: "ok", -1: "the kernel refused the AMX tile state (arch_prctl)",
-                      -2: "not built with AMX (needs x86-64 Linux, GCC >= 11)"}.get(rc, str(rc))
+                      -2: "not built with AMX (x86-64 Linux, GCC >= 11, an AVX-512 "
+                                 "kernel variant)"}.get(rc, str(rc))
         _AMX_STATE["status"] = st
     return _AMX_STATE["status"]
 
