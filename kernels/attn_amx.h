@@ -97,6 +97,68 @@ FC_AMX static void fc_pair_rows(const float* x0, const float* x1, uint32_t* y, i
     }
 }
 
+FC_AMX static inline __m512 fc_exp16(__m512 x) {
+    /* exp(x), 16 lanes: n = round(x / ln 2), r = x - n ln 2 in two parts (Cody-Waite), a
+     * degree-7 Taylor polynomial on |r| <= 0.35 (truncation < 6e-9), times 2^n (vscalefps).
+     * x is clamped to [-104, 88.7]: exp(-inf) and anything below e^-104 give 0 (or a subnormal). */
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+FC_AMX static float fc_softmax_row(float* s, int nk, int nkp, float scale, float* m,
+                                   uint16_t* pb) {
+    /* One score row of a tile, online softmax: s[0:nk] *= scale; the running max *m grows to
+     * cover them; pb[0:nkp] = bf16(exp(s - max)) (0 beyond nk); returns their fp32 sum. */
+    __m512 vs = _mm512_set1_ps(scale), vmx = _mm512_set1_ps(-INFINITY);
+    for (int c = 0; c < nk; c += 16) {
+        __mmask16 k = fc_mask(nk - c);
+        __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + c), vs);
+        _mm512_mask_storeu_ps(s + c, k, x);
+        vmx = _mm512_mask_max_ps(vmx, k, vmx, x);
+    }
+    float mx = _mm512_reduce_max_ps(vmx);
+    mx = mx > *m ? mx : *m;
+    *m = mx;
+    __m512 vm = _mm512_set1_ps(mx), sum = _mm512_setzero_ps();
+    for (int c = 0; c < nkp; c += 16) {
+        __mmask16 k = fc_mask(nk - c);
+        __m512 p = _mm512_maskz_mov_ps(k, fc_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + c),
+                                                                 vm)));
+        sum = _mm512_add_ps(sum, p);
+        _mm256_storeu_si256((__m256i*)(pb + c), (__m256i)_mm512_cvtneps_pbh(p));
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+FC_AMX static void fc_dsoftmax_row(float* p, float* g, int nk, int nkp, float scale, float lr,
+                                   float dr, uint16_t* dsb) {
+    /* One row of a backward tile: p = exp(scale p - lse), g = dS = p (g - Di) scale (both 0
+     * beyond nk, up to nkp), dsb = bf16(dS) */
+    __m512 vs = _mm512_set1_ps(scale), vl = _mm512_set1_ps(lr), vd = _mm512_set1_ps(dr);
+    for (int c = 0; c < nkp; c += 16) {
+        __mmask16 k = fc_mask(nk - c);
+        __m512 e = _mm512_maskz_mov_ps(k, fc_exp16(_mm512_fmsub_ps(
+            _mm512_maskz_loadu_ps(k, p + c), vs, vl)));
+        __m512 d = _mm512_mul_ps(_mm512_mul_ps(e, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, g + c),
+                                                                vd)), vs);
+        _mm512_storeu_ps(p + c, e);
+        _mm512_storeu_ps(g + c, d);
+        _mm256_storeu_si256((__m256i*)(dsb + c), (__m256i)_mm512_cvtneps_pbh(d));
+    }
+}
+
 FC_AMX static void fc_amx_gemm(int M, int N, int K, const uint16_t* A, long lda,
                                const uint32_t* B, long ldb, float* C, long ldc, int acc) {
     /* C (M x N fp32, row stride ldc) (+)= A (M x K bf16, row stride lda) @ B, B as K/2 rows of
@@ -194,24 +256,14 @@ FC_AMX static int fc_amx_fwd_head(const float* q, const float* k, const float* v
             int nk = L - j0 < BK ? L - j0 : BK, nkp = fc_up32(nk);
             fc_amx_gemm(nqp, nkp, D, Qb, D, KT + j0, Lp, S, BK, 0);
             for (int r = 0; r < nq; r++) {
-                float* s = S + (long)r * BK;
-                float mx = m[r], sm = 0, corr;
-                for (int c = 0; c < nk; c++) {
-                    s[c] *= scale;
-                    mx = s[c] > mx ? s[c] : mx;
-                }
-                corr = expf(m[r] - mx);
-                for (int c = 0; c < nk; c++) {
-                    float p = expf(s[c] - mx);
-                    s[c] = p;
-                    sm += p;
-                }
+                float old = m[r];
+                float sm = fc_softmax_row(S + (long)r * BK, nk, nkp, scale, &m[r],
+                                          Pb + (long)r * BK);
+                float corr = expf(old - m[r]);
                 l[r] = l[r] * corr + sm;
-                m[r] = mx;
                 float* a = acc + (long)r * D;
                 for (int d = 0; d < D; d++)
                     a[d] *= corr;
-                fc_row_bf16(s, Pb + (long)r * BK, nk, nkp);
             }
             fc_amx_gemm(nqp, D, nkp, Pb, BK, Vv + (long)(j0 / 2) * D, D, acc, D, 1);
         }
@@ -284,17 +336,9 @@ FC_AMX static int fc_amx_bwd_head(const float* dout, const float* q, const float
             int nk = L - j0 < BK ? L - j0 : BK, nkp = fc_up32(nk);
             fc_amx_gemm(nqp, nkp, D, Qb, D, KT + j0, Lp, P, BK, 0);
             fc_amx_gemm(nqp, nkp, D, dOb, D, VT + j0, Lp, dP, BK, 0);
-            for (int r = 0; r < nq; r++) {
-                float* p = P + (long)r * BK;
-                float* g = dP + (long)r * BK;
-                float lr = lse[i0 + r], dr = Di[r];
-                for (int c = 0; c < nk; c++) {
-                    float e = expf(p[c] * scale - lr);
-                    p[c] = e;
-                    g[c] = e * (g[c] - dr) * scale;
-                }
-                fc_row_bf16(g, dSb + (long)r * BK, nk, nkp);
-            }
+            for (int r = 0; r < nq; r++)
+                fc_dsoftmax_row(P + (long)r * BK, dP + (long)r * BK, nk, nkp, scale, lse[i0 + r],
+                                Di[r], dSb + (long)r * BK);
             for (int i = 0; i < nqp / 2; i++) {
                 int r0 = 2 * i, r1 = 2 * i + 1;
                 fc_pair_rows(r0 < nq ? P + (long)r0 * BK : NULL, r1 < nq ? P + (long)r1 * BK : NULL,
