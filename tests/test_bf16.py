@@ -76,6 +76,24 @@ def test_conversion_matches_the_reference_bit_for_bit(shape, transpose):
     assert same.all()
 
 
+@pytest.mark.parametrize("K, depth", [(9, 2), (9, 1), (5, 1)])
+def test_fir_leaf_weights_in_bf16_are_the_fp32_ones_rounded(K, depth):
+    """The fast FIR's leaf filters written as bf16 directly equal its fp32 leaf filters rounded
+    (same sums, same order), bit for bit."""
+    from fastcpu.kernels import _fir2
+    rng = np.random.default_rng(K)
+    w = rng.standard_normal((12, 7, K)).astype(np.float32)
+    pl = _fir2.plan(K, depth)
+    _, wbase = _fir2._layout(pl, 10, 7, 12)
+    with kernels.use("fp32"):
+        w32 = _fir2._leaf_weights(w, pl, wbase).copy()
+    with kernels.use("bf16"):
+        w16 = _fir2._leaf_weights(w, pl, wbase)
+    assert w16.dtype == np.uint16
+    assert np.array_equal(gemm.to_float32(w16).view(np.uint32),
+                          gemm.round_bf16(w32).view(np.uint32))
+
+
 def _layout(rng, M, K, N, ta, tb):
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)

@@ -152,6 +152,35 @@ def _leaf_w_nb(w, ljk, ntap, wbase, wl):
                     dst[c] += src[c]
 
 
+@nb.njit(**PJIT)
+def _leaf_w_bf16_nb(w, ljk, ntap, wbase, wl):
+    # the same leaf weights written as bf16 (uint16): each summed in fp32 (in the same order),
+    # then rounded once — no fp32 copy and no conversion pass per GEMM
+    Co, Ci, K = w.shape
+    nl = ntap.shape[0]
+    tb = np.zeros(nl + 1, np.int64)
+    for l in range(nl):
+        tb[l + 1] = tb[l] + ntap[l] * Ci
+    nchunk = min(Co, 64)
+    for ch in nb.prange(nchunk):
+        wt = np.empty((K, Ci), dtype=np.float32)
+        tmp = np.empty(tb[nl], dtype=np.float32)
+        for o in range(ch * Co // nchunk, (ch + 1) * Co // nchunk):
+            for c in range(Ci):
+                for k in range(K):
+                    wt[k, c] = w[o, c, k]
+            for i in range(tmp.shape[0]):
+                tmp[i] = 0
+            for e in range(ljk.shape[0]):
+                base = tb[ljk[e, 0]] + ljk[e, 1] * Ci
+                src = wt[ljk[e, 2]]
+                for c in range(Ci):
+                    tmp[base + c] += src[c]
+            for l in range(nl):
+                n = ntap[l] * Ci
+                bf16_row(tmp[tb[l]:tb[l] + n], wl[wbase[l] + o * n:wbase[l] + (o + 1) * n])
+
+
 @nb.njit(inline="always")
 def _leaf_tap(x, bi, m, j, L, stride, pad, dstart, doffs, l, dst):
     # dst (Ci,) = sum_{delta in D_l} xp[stride*(m + j) + delta] of sequence bi (0 outside)
@@ -338,8 +367,13 @@ def _layout(pl, N, Ci, Co):
 
 
 def _leaf_weights(w, pl, wbase):
-    wl = scratch("fir.w", (int(wbase[-1]),))
-    _leaf_w_nb(w, pl.ljk, pl.ntap, wbase, wl)
+    """The leaf filters, in the GEMMs' operand type (bf16 written directly under bf16)."""
+    if gemm.current() == "bf16":
+        wl = scratch("fir.w16", (int(wbase[-1]),), gemm.BF16)
+        _leaf_w_bf16_nb(w, pl.ljk, pl.ntap, wbase, wl)
+    else:
+        wl = scratch("fir.w", (int(wbase[-1]),))
+        _leaf_w_nb(w, pl.ljk, pl.ntap, wbase, wl)
     return wl
 
 
