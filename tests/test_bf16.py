@@ -182,6 +182,32 @@ def test_use_refuses_unknown_precision_and_restores():
     assert gemm.current() == "fp32"
 
 
+@bf16_only
+def test_a_forward_in_fp32_can_take_its_backward_in_bf16():
+    """kernels.use("fp32", backward="bf16") (the phoneme-level layers under bf16): the forward
+    is the fp32 one bit for bit, its backward the bf16 one, after the context has ended."""
+    from fastcpu.autograd import Tensor
+    from fastcpu.nn import functional as F
+    rng = np.random.default_rng(3)
+    x, w, b, dy = (rng.standard_normal(s).astype(np.float32)
+                   for s in ((64, 96), (80, 96), (80,), (64, 80)))
+    grads, outs = {}, {}
+    for mode in (("fp32", None), ("fp32", "bf16"), ("bf16", None)):
+        xt, wt = Tensor(x.copy(), requires_grad=True), Tensor(w.copy(), requires_grad=True)
+        with kernels.use(*mode):
+            y = F.linear(xt, wt, Tensor(b))
+        assert gemm.current() == "fp32" and gemm.backward_precision() == "fp32"
+        y.backward(dy)
+        outs[mode], grads[mode] = y.data, (xt.grad, wt.grad)
+    assert np.array_equal(outs["fp32", "bf16"], outs["fp32", None])
+    for mixed, bf16 in zip(grads["fp32", "bf16"], grads["bf16", None]):
+        assert np.array_equal(mixed, bf16)
+    assert not np.array_equal(grads["fp32", "bf16"][1], grads["fp32", None][1])
+    with pytest.raises(ValueError):
+        with kernels.use("fp32", backward="fp16"):
+            pass
+
+
 # ----------------------------------------------------------------------------- kernels in bf16
 
 def _rand(rng, *shape):

@@ -30,10 +30,11 @@ __all__ = ["get", "available", "use", "OPS", "BACKENDS",
            "residual_layer_norm_backward", "clip_adam", "grad_norm"]
 
 
-def use(precision: str = "fp32"):
-    """Context: the precision of every GEMM inside ("fp32" | "bf16"; see ``kernels.gemm``)."""
+def use(precision: str = "fp32", backward: str | None = None):
+    """Context: the precision of every GEMM inside ("fp32" | "bf16"; see ``kernels.gemm``), and
+    optionally another one for their backward."""
     from fastcpu.kernels import gemm
-    return gemm.use(precision)
+    return gemm.use(precision, backward)
 
 
 def _module(name):

@@ -59,6 +59,12 @@ def current() -> str:
     return getattr(_state, "precision", "fp32")
 
 
+def backward_precision() -> str:
+    """The precision the backward of a forward run now will use: ``current()``, unless the
+    innermost ``use`` gave another ``backward``."""
+    return getattr(_state, "backward", None) or current()
+
+
 _engine = []
 
 
@@ -85,18 +91,22 @@ def set_fp32_engine(name: str) -> None:
 
 
 @contextlib.contextmanager
-def use(precision: str):
-    """Run the GEMMs inside with ``precision`` ("fp32" | "bf16"); restored on exit."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16":
-        require_bf16()
-    prev = current()
-    _state.precision = precision
+def use(precision: str, backward: str | None = None):
+    """Run the GEMMs inside with ``precision`` ("fp32" | "bf16"); restored on exit.
+
+    ``backward``: the precision the backward of the ops run inside will use (the autograd
+    functions record ``backward_precision()``); default the same as the forward."""
+    for p in (precision, backward or precision):
+        if p not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {p!r}")
+        if p == "bf16":
+            require_bf16()
+    prev = current(), getattr(_state, "backward", None)
+    _state.precision, _state.backward = precision, backward
     try:
         yield precision
     finally:
-        _state.precision = prev
+        _state.precision, _state.backward = prev
 
 
 # ----------------------------------------------------------------------------- oneDNN loading

@@ -25,6 +25,13 @@ from fastcpu.nn import functional as F
 from fastcpu.nn import init
 
 
+def _phoneme_level():
+    """The phoneme-level layers' GEMMs: forward in fp32, backward in the step's precision (see
+    FastSpeech2's docstring)."""
+    from fastcpu.kernels import gemm
+    return kernels.use("fp32", backward=gemm.current())
+
+
 def sinusoid_table(n_position: int, d_hid: int) -> np.ndarray:
     """(n_position, d_hid) float32: angle = pos / 10000^(2*floor(j/2)/d), sin on even j, cos on odd."""
     pos = np.arange(n_position, dtype=np.float64)[:, None]
@@ -100,7 +107,7 @@ class Encoder(Module):
         else:
             table = self.position_enc.data[0, :L]
         x = F.add_const(self.src_word_emb(texts), table[None])
-        with kernels.use("fp32"):                    # phoneme level: see FastSpeech2's docstring
+        with _phoneme_level():                       # see FastSpeech2's docstring
             for layer in self.layer_stack:
                 x = layer(x, src_lens)
         return x
@@ -167,7 +174,7 @@ class VariancePredictor(Module):
 
     def forward(self, x, lengths):
         cl = self.conv_layer
-        with kernels.use("fp32"):      # phoneme level: see FastSpeech2's docstring
+        with _phoneme_level():         # see FastSpeech2's docstring
             h = self._dropout(cl.layer_norm_1(F.relu(cl.conv1d_1(x))))
             h = self._dropout(cl.layer_norm_2(F.relu(cl.conv1d_2(h))))
             out = self.linear_layer(h)
@@ -296,10 +303,12 @@ class FastSpeech2(Module):
 
     Mixed precision (``kernels.use("bf16")``, ``train.precision: bf16``): the frame-level layers
     (decoder, mel Linear, PostNet) run their GEMMs in bf16; the phoneme-level ones (encoder and
-    the three variance predictors) stay fp32. They are ~10% of the step's FLOPs (B x L rows
-    against B x T, T ~ 6.5 L), and the small pitch/energy/duration losses are the most sensitive
-    to rounding: in bf16 their predictors' gradients moved 6-8% on a full-size batch (PyTorch's
-    autocast: 8%), in fp32 under 2% (tests/test_bf16.py)."""
+    the three variance predictors) run their forward GEMMs in fp32 and their backward GEMMs in
+    bf16. They are ~10% of the step's FLOPs (B x L rows against B x T, T ~ 6.5 L), and the small
+    pitch/energy/duration losses are the most sensitive to rounding in the *forward*: with the
+    forward in bf16 their predictors' gradients moved 5-8% on a full-size batch (PyTorch's
+    autocast: 8%); with the forward in fp32 and the backward in bf16 they move under 1%, as the
+    backward's rounding is not amplified through the losses (tests/test_bf16.py)."""
 
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()

@@ -39,9 +39,9 @@ def _shard_seed(seed, x):
 
 
 def _gemm_precision(ctx):
-    """Record the GEMM precision of a forward; its backward runs in the same one (the tape runs
-    backward after the forward's ``kernels.use`` context may have ended)."""
-    ctx.precision = gemm.current()
+    """Record the GEMM precision of a forward's backward: the forward's own, or the
+    ``backward=`` of its ``kernels.use`` (the tape runs backward after that context ended)."""
+    ctx.precision = gemm.backward_precision()
 
 
 def _as_forward(ctx):
