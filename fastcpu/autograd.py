@@ -100,14 +100,15 @@ class Context:
 
     def grad_buffer(self, i):
         """Buffer to accumulate input i's gradient into (its .grad for a leaf, else zeros)."""
+        from fastcpu.kernels._common import zeros_like
         t = self.inputs[i]
         if not self.needs_input_grad[i]:
-            return np.zeros_like(t.data if isinstance(t, Tensor) else t)
+            return zeros_like(np.asarray(t.data if isinstance(t, Tensor) else t))
         if t._node is None:                       # leaf: accumulate in place
             if t.grad is None:
-                t.grad = np.zeros_like(t.data)
+                t.grad = zeros_like(t.data)
             return t.grad
-        return np.zeros_like(t.data)
+        return zeros_like(t.data)
 
 
     def leaf_grad(self, i):

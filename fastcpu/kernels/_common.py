@@ -145,6 +145,28 @@ def bf16_row(src, dst):
                                >> np.uint32(16))
 
 
+@nb.njit(**PJIT)
+def _fill0_nb(a):
+    n = a.shape[0]
+    for ch in nb.prange(64):
+        for i in range(ch * n // 64, (ch + 1) * n // 64):
+            a[i] = 0
+
+
+ZEROS_PARALLEL_MIN = 1 << 20
+
+
+def zeros_like(x: np.ndarray) -> np.ndarray:
+    """np.zeros_like, zero-filled on the kernel threads for large arrays: the
+    gradient buffers kernels accumulate into (a (16, 714, 768) float32 buffer: 3-4.4 -> 2.3 ms,
+    2 threads, 2026-12-02)."""
+    if x.size < ZEROS_PARALLEL_MIN or not x.flags.c_contiguous or x.dtype.itemsize not in (4, 8):
+        return np.zeros_like(x)
+    y = np.empty(x.shape, x.dtype)
+    _fill0_nb(y.reshape(-1).view(np.uint32 if y.dtype.itemsize == 4 else np.uint64))
+    return y
+
+
 # Scratch buffers reused across calls (per thread). Large temporaries (im2col columns, ...) are
 # the size of a layer's activations; allocating them fresh each call page-faults every page again
 # (measured: ~100 ms of a 370 ms conv1d step at FastSpeech2 size). Never returned to callers.

@@ -34,7 +34,7 @@ from numba.extending import overload
 import numpy as np
 
 from fastcpu.kernels import _fir2, gemm
-from fastcpu.kernels._common import PJIT, bf16_row, dx_row, scratch
+from fastcpu.kernels._common import PJIT, bf16_row, dx_row, scratch, zeros_like
 from fastcpu.kernels._common import colsum_nb as _colsum_nb, seq_offsets as _offsets
 
 # auto = fir2: the Numba backend (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS), with
@@ -98,7 +98,7 @@ def _new_dx(dx, x):
     if isinstance(dx, str):
         if dx != "new":
             raise ValueError(f"conv1d backward: dx must be an array, None or 'new', got {dx!r}")
-        return np.zeros_like(x), True
+        return zeros_like(x), True
     return dx, False
 
 
