@@ -94,6 +94,27 @@ def test_fir_leaf_weights_in_bf16_are_the_fp32_ones_rounded(K, depth):
                           gemm.round_bf16(w32).view(np.uint32))
 
 
+@pytest.mark.parametrize("compact", [False, True])
+def test_fir_output_gradients_in_bf16_are_the_fp32_ones_rounded(compact):
+    """The fast FIR backward's leaf output gradients dZ written as bf16 directly equal the fp32
+    ones rounded, bit for bit."""
+    from fastcpu.kernels import _fir2
+    from fastcpu.kernels._common import seq_offsets
+    rng = np.random.default_rng(2)
+    B, T, Co, K, depth = 3, 23, 6, 9, 2
+    L = np.array([23, 11, 1], np.int64)
+    pl = _fir2.plan(K, depth)
+    off, ooff = _fir2.row_offsets(L, pl), seq_offsets(L)
+    dy = rng.standard_normal((int(L.sum()), Co) if compact else (B * T, Co)).astype(np.float32)
+    args = (dy, ooff, L, off, pl.stride, pl.lstart, pl.ltab, 0 if compact else T)
+    z32 = np.empty((pl.nleaf, int(off[-1]), Co), np.float32)
+    z16 = np.empty(z32.shape, np.uint16)
+    _fir2._dz_nb(*args, z32)
+    _fir2._dz_bf16_nb(*args, z16)
+    assert np.array_equal(gemm.to_float32(z16).view(np.uint32),
+                          gemm.round_bf16(z32).view(np.uint32))
+
+
 def _layout(rng, M, K, N, ta, tb):
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)

@@ -286,28 +286,45 @@ def _zero_padding_nb(y, lengths):
                 y[bi, t, c] = 0
 
 
+@nb.njit(inline="always")
+def _dz_row(dy, base, m, L, stride, lstart, ltab, l, d):
+    # d (Co,) = sum over leaf l's terms (p, shift, coef) of coef * dy[base + stride*(m - shift)
+    # + p] (0 outside the sequence's L valid rows)
+    for o in range(d.shape[0]):
+        d[o] = 0
+    for e in range(lstart[l], lstart[l + 1]):
+        t = stride * (m - ltab[e, 1]) + ltab[e, 0]
+        if 0 <= t < L:
+            src = dy[base + t]
+            cf = np.float32(ltab[e, 2])
+            for o in range(d.shape[0]):
+                d[o] += cf * src[o]
+
+
 @nb.njit(**PJIT)
 def _dz_nb(dy, ooff, lengths, off, stride, lstart, ltab, T, dZ):
     # dZ[l, r] = sum over leaf l's terms (p, shift, coef) of coef * dy at step stride*(m - shift)
     # + p of sequence b (0 outside the valid rows); dy dense (B*T, Co) with T > 0, or compact
-    Co = dy.shape[1]
     B = lengths.shape[0]
     for r in nb.prange(off[B]):
         bi = np.searchsorted(off, r, side="right") - 1
-        m = r - off[bi]
-        L = lengths[bi]
         base = bi * T if T > 0 else ooff[bi]
         for l in range(dZ.shape[0]):
-            d = dZ[l, r]
-            for o in range(Co):
-                d[o] = 0
-            for e in range(lstart[l], lstart[l + 1]):
-                t = stride * (m - ltab[e, 1]) + ltab[e, 0]
-                if 0 <= t < L:
-                    src = dy[base + t]
-                    cf = np.float32(ltab[e, 2])
-                    for o in range(Co):
-                        d[o] += cf * src[o]
+            _dz_row(dy, base, r - off[bi], lengths[bi], stride, lstart, ltab, l, dZ[l, r])
+
+
+@nb.njit(**PJIT)
+def _dz_bf16_nb(dy, ooff, lengths, off, stride, lstart, ltab, T, dZ):
+    # the same dZ written as bf16 (uint16): each row summed in fp32 (in the same order), then
+    # rounded once — the operand of both backward GEMMs, with no fp32 copy and no cast pass
+    B = lengths.shape[0]
+    for r in nb.prange(off[B]):
+        bi = np.searchsorted(off, r, side="right") - 1
+        base = bi * T if T > 0 else ooff[bi]
+        d = np.empty(dy.shape[1], np.float32)
+        for l in range(dZ.shape[0]):
+            _dz_row(dy, base, r - off[bi], lengths[bi], stride, lstart, ltab, l, d)
+            bf16_row(d, dZ[l, r])
 
 
 @nb.njit(**PJIT)
@@ -447,11 +464,15 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
             dx[...] = 0
         return
     cbase, wbase = _layout(pl, N, Ci, Co)
-    dZ = scratch("fir.z", (pl.nleaf, N, Co))
-    _dz_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab, 0 if compact else T,
-           dZ)
+    if gemm.current() == "bf16":                  # written as the operand of both GEMMs
+        dZ = scratch("fir.z16", (pl.nleaf, N, Co), gemm.BF16)
+        _dz_bf16_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab,
+                    0 if compact else T, dZ)
+    else:
+        dZ = scratch("fir.z", (pl.nleaf, N, Co))
+        _dz_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab,
+               0 if compact else T, dZ)
     cols = _cols(x, L, off, pad, pl, cbase)
-    dZ = gemm.operand(dZ.reshape(-1, Co)).reshape(dZ.shape)     # once for both GEMMs
     G = scratch("fir.g", (int(wbase[-1]),))
     for l in range(pl.nleaf):
         gemm.matmul(dZ[l].T, _views(cols, cbase, pl, N, Ci, l), _views(G, wbase, pl, N, Ci, l,
