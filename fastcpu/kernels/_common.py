@@ -174,15 +174,19 @@ _scratch = threading.local()
 
 
 def scratch(key: str, shape, dtype=np.float32) -> np.ndarray:
-    """A C-contiguous work array of ``shape`` for temporary use inside one kernel call."""
+    """A C-contiguous work array of ``shape`` for temporary use inside one kernel call. A key is
+    one block of bytes whatever the dtype: a kernel's bf16 and fp32 uses of one key (bf16
+    columns consumed before the fp32 gradient columns are written) share the memory."""
     pool = getattr(_scratch, "pool", None)
     if pool is None:
         pool = _scratch.pool = {}
+    dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64))
+    nbytes = n * dtype.itemsize
     buf = pool.get(key)
-    if buf is None or buf.size < n or buf.dtype != dtype:
-        buf = pool[key] = np.empty(max(n, 1), dtype)
-    return buf[:n].reshape(shape)
+    if buf is None or buf.size < max(nbytes, 1):
+        buf = pool[key] = np.empty(max(nbytes, 1), np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 def release_scratch() -> None:

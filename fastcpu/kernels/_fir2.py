@@ -386,7 +386,7 @@ def _layout(pl, N, Ci, Co):
 def _leaf_weights(w, pl, wbase):
     """The leaf filters, in the GEMMs' operand type (bf16 written directly under bf16)."""
     if gemm.current() == "bf16":
-        wl = scratch("fir.w16", (int(wbase[-1]),), gemm.BF16)
+        wl = scratch("fir.w", (int(wbase[-1]),), gemm.BF16)
         _leaf_w_bf16_nb(w, pl.ljk, pl.ntap, wbase, wl)
     else:
         wl = scratch("fir.w", (int(wbase[-1]),))
@@ -398,7 +398,7 @@ def _cols(x, L, off, pad, pl, cbase):
     """The leaf columns, in the GEMMs' operand type: bf16 written directly under bf16 precision
     (no fp32 copy and no separate conversion pass)."""
     if gemm.current() == "bf16":
-        cols = scratch("fir.cols16", (int(cbase[-1]),), gemm.BF16)
+        cols = scratch("fir.cols", (int(cbase[-1]),), gemm.BF16)
         _im2col_bf16_nb(x, L, off, pl.stride, pad, pl.ntap, pl.dstart, pl.doffs, cbase, cols)
     else:
         cols = scratch("fir.cols", (int(cbase[-1]),))
@@ -465,7 +465,7 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
         return
     cbase, wbase = _layout(pl, N, Ci, Co)
     if gemm.current() == "bf16":                  # written as the operand of both GEMMs
-        dZ = scratch("fir.z16", (pl.nleaf, N, Co), gemm.BF16)
+        dZ = scratch("fir.z", (pl.nleaf, N, Co), gemm.BF16)
         _dz_bf16_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab,
                     0 if compact else T, dZ)
     else:

@@ -285,7 +285,7 @@ def _cols_numba(x, K, pad, To):
 
 def _cols_buffer(shape, dtype):
     if gemm.current() == "bf16":
-        return scratch("conv1d.cols16", shape, gemm.BF16)
+        return scratch("conv1d.cols", shape, gemm.BF16)
     return scratch("conv1d.cols", shape, dtype)
 
 
