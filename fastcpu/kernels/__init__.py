@@ -64,7 +64,8 @@ def get(name: str, backend: str = "auto") -> SimpleNamespace:
     """
     mod = _module(name)
     if backend == "auto" and isinstance(mod.AUTO, dict):      # per-function choices
-        parts = {fn: get(name, be) for fn, be in mod.AUTO.items()}
+        parts = {fn: get(name, "numba" if be == "cython" and not _has(name, "cython") else be)
+                 for fn, be in mod.AUTO.items()}
         ns = SimpleNamespace(**{fn: getattr(p, fn) for fn, p in parts.items()})
         ns.name, ns.backend = name, "auto(" + ", ".join(f"{f}={p.backend}" for f, p in
                                                         parts.items()) + ")"

@@ -32,8 +32,12 @@ from fastcpu.kernels._common import (PJIT, as_rows, drop_threshold, keep_mask_re
 from fastcpu.kernels._rng_nb import rand24
 
 # auto = "numba": `python -m pytest benchmarks/test_kernels.py -k layernorm --benchmark-only`
-# (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks".
-AUTO = "numba"
+# (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks". The fused
+# residual forms on Cython since the parallel Numba kernels lost fastmath "reassoc" (bit-exact
+# resume across cache states): (16, 714, 256) with dropout 0.1, fwd 6.4 -> 2.3 ms, bwd 6.7 ->
+# 5.3 ms (Sapphire Rapids, 2 threads, 2026-12-02); Numba where the Cython build is missing.
+AUTO = {"forward": "numba", "backward": "numba", "residual_forward": "cython",
+        "residual_backward": "cython"}
 NCHUNK = 64     # row chunks for the dw/db reduction (fixed: thread-count independent)
 
 
