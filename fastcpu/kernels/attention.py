@@ -35,11 +35,12 @@ from fastcpu.kernels._common import PJIT
 # auto = "cython": `python -m pytest benchmarks/test_kernels.py -k attention --benchmark-only`
 # (2 threads, OpenBLAS vars unset, 2026-11-22) — see README "Kernel benchmarks". Under bf16
 # precision, where the CPU has AMX, the same tile walk runs with every tile product on AMX
-# (kernels/attn_amx.h: bf16 operands, fp32 softmax and accumulators): B=16 T<=714 fwd 39 ->
-# 22 ms, bwd 68 -> 24 ms (Sapphire Rapids, 2 threads, 2026-12-02). Without AMX bf16 attention
-# is the fp32 tiles: AVX512-BF16's vdpbf16ps issues at half FMA's rate on Sapphire Rapids (as
-# many FLOPs per cycle as fp32, measured), and whole (batch, head) score GEMMs in bf16 on oneDNN measured 2x slower
-# than the tiles (B=16 T=400 ragged, fwd+bwd: 105.6 vs 52.7 ms, AVX512-BF16, 2026-12-01).
+# (kernels/attn_amx.h: bf16 operands, fp32 softmax and accumulators): B=16 T=400 ragged
+# fwd+bwd 16.1 ms against 45.7 ms for these fp32 tiles and 30.6 ms for PyTorch's bf16 SDPA (the
+# command above, Sapphire Rapids, 2026-12-02). Without AMX bf16 attention is the fp32 tiles:
+# AVX512-BF16's vdpbf16ps issues at half FMA's rate on Sapphire Rapids (as many FLOPs per
+# cycle as fp32, measured), and whole (batch, head) score GEMMs in bf16 on oneDNN measured 2x
+# slower than the tiles (B=16 T=400 ragged, fwd+bwd: 105.6 vs 52.7 ms, AVX512-BF16, 2026-12-01).
 AUTO = "cython"
 # Cython tiles: 64 x 64 measured best at both benchmark shapes (fwd+bwd, 2 threads, 2026-11-22:
 # B=16 T=714 66 ms vs 70 at 128x128; B=8 T=346 14.6 vs 19.0 ms).
