@@ -5,6 +5,7 @@ import math
 import threading
 
 import numba as nb
+from numba.extending import overload
 import numpy as np
 
 # fastmath without nnan/ninf: those break -inf masking and NaN checks (DESIGN.md).
@@ -143,6 +144,46 @@ def bf16_row(src, dst):
         else:
             dst[c] = np.uint16((v + np.uint32(0x7FFF) + ((v >> np.uint32(16)) & np.uint32(1)))
                                >> np.uint32(16))
+
+
+@nb.njit(inline="always")
+def _copy_row(src, dst):
+    for c in range(dst.shape[0]):
+        dst[c] = src[c]
+
+
+def _put_row(src, dst):
+    """dst = src for a float32 row, or its bf16 rounding for a uint16 row (compile-time choice)."""
+
+
+@overload(_put_row, inline="always")
+def _put_row_ol(src, dst):
+    if dst.dtype == nb.types.uint16:
+        return lambda src, dst: bf16_row(src, dst)
+    return lambda src, dst: _copy_row(src, dst)
+
+
+def _row_target(tmp, dst):
+    """Where a kernel sums a row bound for ``dst``: dst itself when it is float32, else the fp32
+    ``tmp`` (then ``_row_done`` rounds it into the uint16 dst) — a compile-time choice."""
+
+
+@overload(_row_target, inline="always")
+def _row_target_ol(tmp, dst):
+    if dst.dtype == nb.types.uint16:
+        return lambda tmp, dst: tmp
+    return lambda tmp, dst: dst
+
+
+def _row_done(tmp, dst):
+    """After summing into ``_row_target(tmp, dst)``: dst = bf16(tmp) for a uint16 dst."""
+
+
+@overload(_row_done, inline="always")
+def _row_done_ol(tmp, dst):
+    if dst.dtype == nb.types.uint16:
+        return lambda tmp, dst: bf16_row(tmp, dst)
+    return lambda tmp, dst: None
 
 
 @nb.njit(**PJIT)

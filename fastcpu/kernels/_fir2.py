@@ -35,8 +35,8 @@ import numba as nb
 import numpy as np
 
 from fastcpu.kernels import gemm
-from fastcpu.kernels._common import (PJIT, bf16_row, colsum_nb, dx_row, masked_colsum_nb,
-                                     scratch, seq_offsets)
+from fastcpu.kernels._common import (PJIT, _row_done, _row_target, bf16_row, colsum_nb,
+                                     dx_row, masked_colsum_nb, scratch, seq_offsets)
 
 
 # ----------------------------------------------------------------------------- the plan (symbolic)
@@ -132,30 +132,9 @@ def _tap(buf, wbase, ntap, Ci, o, l, j):
 
 @nb.njit(**PJIT)
 def _leaf_w_nb(w, ljk, ntap, wbase, wl):
-    # wl[wbase[l] + o*ntap[l]*Ci + j*Ci + c] = sum over (l, j, k) of w[o, c, k]
-    Co, Ci, K = w.shape
-    nchunk = min(Co, 64)
-    for ch in nb.prange(nchunk):
-        wt = np.empty((K, Ci), dtype=np.float32)          # w[o] transposed: taps contiguous
-        for o in range(ch * Co // nchunk, (ch + 1) * Co // nchunk):
-            for c in range(Ci):
-                for k in range(K):
-                    wt[k, c] = w[o, c, k]
-            for l in range(ntap.shape[0]):
-                row = wl[wbase[l] + o * ntap[l] * Ci: wbase[l] + (o + 1) * ntap[l] * Ci]
-                for i in range(row.shape[0]):
-                    row[i] = 0
-            for e in range(ljk.shape[0]):
-                dst = _tap(wl, wbase, ntap, Ci, o, ljk[e, 0], ljk[e, 1])
-                src = wt[ljk[e, 2]]
-                for c in range(Ci):
-                    dst[c] += src[c]
-
-
-@nb.njit(**PJIT)
-def _leaf_w_bf16_nb(w, ljk, ntap, wbase, wl):
-    # the same leaf weights written as bf16 (uint16): each summed in fp32 (in the same order),
-    # then rounded once — no fp32 copy and no conversion pass per GEMM
+    # wl[wbase[l] + o*ntap[l]*Ci + j*Ci + c] = sum over (l, j, k) of w[o, c, k], summed in fp32;
+    # wl float32, or uint16 for the bf16 operand (each sum rounded once: no fp32 copy, no cast
+    # pass per GEMM)
     Co, Ci, K = w.shape
     nl = ntap.shape[0]
     tb = np.zeros(nl + 1, np.int64)
@@ -163,22 +142,28 @@ def _leaf_w_bf16_nb(w, ljk, ntap, wbase, wl):
         tb[l + 1] = tb[l] + ntap[l] * Ci
     nchunk = min(Co, 64)
     for ch in nb.prange(nchunk):
-        wt = np.empty((K, Ci), dtype=np.float32)
-        tmp = np.empty(tb[nl], dtype=np.float32)
+        wt = np.empty((K, Ci), dtype=np.float32)          # w[o] transposed: taps contiguous
+        tmp = np.empty(tb[nl], dtype=np.float32)          # fp32 sums for a uint16 wl
         for o in range(ch * Co // nchunk, (ch + 1) * Co // nchunk):
             for c in range(Ci):
                 for k in range(K):
                     wt[k, c] = w[o, c, k]
-            for i in range(tmp.shape[0]):
-                tmp[i] = 0
-            for e in range(ljk.shape[0]):
-                base = tb[ljk[e, 0]] + ljk[e, 1] * Ci
-                src = wt[ljk[e, 2]]
-                for c in range(Ci):
-                    tmp[base + c] += src[c]
             for l in range(nl):
                 n = ntap[l] * Ci
-                bf16_row(tmp[tb[l]:tb[l] + n], wl[wbase[l] + o * n:wbase[l] + (o + 1) * n])
+                row = _row_target(tmp[tb[l]:tb[l] + n], wl[wbase[l] + o * n:wbase[l] + (o + 1) * n])
+                for i in range(n):
+                    row[i] = 0
+            for e in range(ljk.shape[0]):
+                l = ljk[e, 0]
+                n = ntap[l] * Ci
+                row = _row_target(tmp[tb[l]:tb[l] + n], wl[wbase[l] + o * n:wbase[l] + (o + 1) * n])
+                src = wt[ljk[e, 2]]
+                base = ljk[e, 1] * Ci
+                for c in range(Ci):
+                    row[base + c] += src[c]
+            for l in range(nl):
+                n = ntap[l] * Ci
+                _row_done(tmp[tb[l]:tb[l] + n], wl[wbase[l] + o * n:wbase[l] + (o + 1) * n])
 
 
 @nb.njit(inline="always")
@@ -304,27 +289,18 @@ def _dz_row(dy, base, m, L, stride, lstart, ltab, l, d):
 @nb.njit(**PJIT)
 def _dz_nb(dy, ooff, lengths, off, stride, lstart, ltab, T, dZ):
     # dZ[l, r] = sum over leaf l's terms (p, shift, coef) of coef * dy at step stride*(m - shift)
-    # + p of sequence b (0 outside the valid rows); dy dense (B*T, Co) with T > 0, or compact
+    # + p of sequence b (0 outside the valid rows); dy dense (B*T, Co) with T > 0, or compact.
+    # dZ float32, or uint16: the bf16 operand of both backward GEMMs (each row summed in fp32,
+    # then rounded once)
     B = lengths.shape[0]
     for r in nb.prange(off[B]):
         bi = np.searchsorted(off, r, side="right") - 1
         base = bi * T if T > 0 else ooff[bi]
+        tmp = np.empty(dy.shape[1], np.float32)          # fp32 sums for a uint16 dZ
         for l in range(dZ.shape[0]):
-            _dz_row(dy, base, r - off[bi], lengths[bi], stride, lstart, ltab, l, dZ[l, r])
-
-
-@nb.njit(**PJIT)
-def _dz_bf16_nb(dy, ooff, lengths, off, stride, lstart, ltab, T, dZ):
-    # the same dZ written as bf16 (uint16): each row summed in fp32 (in the same order), then
-    # rounded once — the operand of both backward GEMMs, with no fp32 copy and no cast pass
-    B = lengths.shape[0]
-    for r in nb.prange(off[B]):
-        bi = np.searchsorted(off, r, side="right") - 1
-        base = bi * T if T > 0 else ooff[bi]
-        d = np.empty(dy.shape[1], np.float32)
-        for l in range(dZ.shape[0]):
-            _dz_row(dy, base, r - off[bi], lengths[bi], stride, lstart, ltab, l, d)
-            bf16_row(d, dZ[l, r])
+            _dz_row(dy, base, r - off[bi], lengths[bi], stride, lstart, ltab, l,
+                    _row_target(tmp, dZ[l, r]))
+            _row_done(tmp, dZ[l, r])
 
 
 @nb.njit(**PJIT)
@@ -383,14 +359,15 @@ def _layout(pl, N, Ci, Co):
     return cbase, wbase
 
 
+def _operand_dtype():
+    """What the GEMMs take: bf16 (uint16) under bf16 precision, else float32."""
+    return gemm.BF16 if gemm.current() == "bf16" else np.float32
+
+
 def _leaf_weights(w, pl, wbase):
     """The leaf filters, in the GEMMs' operand type (bf16 written directly under bf16)."""
-    if gemm.current() == "bf16":
-        wl = scratch("fir.w", (int(wbase[-1]),), gemm.BF16)
-        _leaf_w_bf16_nb(w, pl.ljk, pl.ntap, wbase, wl)
-    else:
-        wl = scratch("fir.w", (int(wbase[-1]),))
-        _leaf_w_nb(w, pl.ljk, pl.ntap, wbase, wl)
+    wl = scratch("fir.w", (int(wbase[-1]),), _operand_dtype())
+    _leaf_w_nb(w, pl.ljk, pl.ntap, wbase, wl)
     return wl
 
 
@@ -464,14 +441,9 @@ def backward(dy, x, w, pad, dx, dw, db, L, acc, depth, compact=False):
             dx[...] = 0
         return
     cbase, wbase = _layout(pl, N, Ci, Co)
-    if gemm.current() == "bf16":                  # written as the operand of both GEMMs
-        dZ = scratch("fir.z", (pl.nleaf, N, Co), gemm.BF16)
-        _dz_bf16_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab,
-                    0 if compact else T, dZ)
-    else:
-        dZ = scratch("fir.z", (pl.nleaf, N, Co))
-        _dz_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab,
-               0 if compact else T, dZ)
+    dZ = scratch("fir.z", (pl.nleaf, N, Co), _operand_dtype())   # the operand of both GEMMs
+    _dz_nb(dy.reshape(-1, Co), ooff, L, off, pl.stride, pl.lstart, pl.ltab, 0 if compact else T,
+           dZ)
     cols = _cols(x, L, off, pad, pl, cbase)
     G = scratch("fir.g", (int(wbase[-1]),))
     for l in range(pl.nleaf):

@@ -30,11 +30,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numba as nb
-from numba.extending import overload
 import numpy as np
 
 from fastcpu.kernels import _fir2, gemm
-from fastcpu.kernels._common import PJIT, bf16_row, dx_row, scratch, zeros_like
+from fastcpu.kernels._common import PJIT, _put_row, dx_row, scratch, zeros_like
 from fastcpu.kernels._common import colsum_nb as _colsum_nb, seq_offsets as _offsets
 
 # auto = fir2: the Numba backend (im2col/col2im in Numba, GEMMs through NumPy's OpenBLAS), with
@@ -137,23 +136,6 @@ def backward_reference(dy, x, w, padding, dx, dw, db, lengths=None):
 
 
 # ----------------------------------------------------------------------------- Numba
-
-@nb.njit(inline="always")
-def _copy_row(src, dst):
-    for c in range(dst.shape[0]):
-        dst[c] = src[c]
-
-
-def _put_row(src, dst):
-    """dst = src for a float32 row, or its bf16 rounding for a uint16 row (compile-time choice)."""
-
-
-@overload(_put_row, inline="always")
-def _put_row_ol(src, dst):
-    if dst.dtype == nb.types.uint16:
-        return lambda src, dst: bf16_row(src, dst)
-    return lambda src, dst: _copy_row(src, dst)
-
 
 @nb.njit(inline="always")
 def _im2col_row(x, bi, t, K, pad, L, cr):
